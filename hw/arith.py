@@ -1,0 +1,50 @@
+"""Amaranth lowering of the arithmetic contract (:mod:`golden.contract`).
+
+Each function builds combinational logic that computes exactly what the contract's scalar
+function of the same name computes; ``tests/test_contract.py`` checks this exhaustively at small
+widths and randomly at full width.
+"""
+
+from amaranth.hdl import Const, Mux, signed, unsigned
+
+from golden import contract
+
+__all__ = ["shape_of", "saturate", "round_shift", "requantize", "requantize_product", "fits"]
+
+
+def shape_of(fmt):
+    """Amaranth shape of a :class:`golden.contract.IntFormat`."""
+    return signed(fmt.bits) if fmt.signed else unsigned(fmt.bits)
+
+
+def fits(value, fmt):
+    """1 when ``value`` lies inside ``fmt``'s range."""
+    return (value >= fmt.min) & (value <= fmt.max)
+
+
+def saturate(value, fmt):
+    """Clamp ``value`` into ``fmt`` (result has ``fmt``'s shape)."""
+    clamped = Mux(value > fmt.max, fmt.max, Mux(value < fmt.min, fmt.min, value))
+    bits = clamped[:fmt.bits]
+    return bits.as_signed() if fmt.signed else bits
+
+
+def round_shift(value, shift):
+    """Arithmetic right shift by the unsigned value ``shift``, rounding half up.
+
+    Computed as ``((value >> (shift - 1)) + 1) >> 1`` for ``shift > 0``, which equals the
+    contract's ``floor((value + 2**(shift-1)) / 2**shift)`` without a wide rounding constant.
+    """
+    shift_m1 = (shift - 1).as_unsigned()[:len(shift)]
+    return Mux(shift == 0, value, ((value >> shift_m1) + 1) >> 1)
+
+
+def requantize_product(product, shift, out=contract.ACT):
+    """Second half of :func:`requantize`, for a product ``acc * mult`` computed (and
+    registered) beforehand."""
+    return saturate(round_shift(product, shift), out)
+
+
+def requantize(acc, mult, shift, out=contract.ACT):
+    """``saturate(round_shift(acc * mult, shift))`` into ``out``."""
+    return requantize_product(acc * mult, shift, out)

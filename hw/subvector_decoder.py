@@ -1,0 +1,109 @@
+"""Sub-vector mask decoder: kept-sub-vector bitmaps of attention columns become work items.
+
+For one attention head the score matrix ``S = Q K^T`` is cut, column by column (one column per
+key ``j``), into sub-vectors of ``lanes`` consecutive query rows (row block ``b``). The input
+carries one beat per column: the bitmask of the kept row blocks (bit ``b``), ``last`` on the
+head's final column. The output is one work item ``(column, block)`` per cycle, column-major and
+block-ascending, with ``col_last`` on a column's final item and ``last`` on the head's final item.
+A column with no kept sub-vector yields a single item with ``empty`` set, so the framing of
+every column and head reaches the consumer.
+
+A head with more than ``max_tokens`` columns sets the sticky ``error`` flag; its surplus columns
+are dropped up to the beat marked ``last``, which still closes the head.
+"""
+
+from amaranth.hdl import Module, Mux, Signal, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["subvector_mask_layout", "subvector_item_layout", "SubvectorDecoder"]
+
+
+def subvector_mask_layout(config):
+    return data.StructLayout({"mask": unsigned(config.max_blocks), "last": 1})
+
+
+def subvector_item_layout(config):
+    return data.StructLayout({
+        "column":   unsigned(config.column_bits),
+        "block":    unsigned(config.block_bits),
+        "empty":    1,
+        "col_last": 1,
+        "last":     1,
+    })
+
+
+class SubvectorDecoder(wiring.Component):
+    """Kept-sub-vector column bitmaps -> ordered (column, row block) work items.
+
+    Parameters
+    ----------
+    config : :class:`hw.config.RTSAConfig`
+
+    Attributes
+    ----------
+    i : ``In(stream.Signature(subvector_mask_layout(config)))``
+    o : ``Out(stream.Signature(subvector_item_layout(config)))``
+    error : ``Out(1)``
+        Sticky: a head had more than ``max_tokens`` columns.
+    """
+
+    def __init__(self, config):
+        self._config = config
+        super().__init__({
+            "i": In(stream.Signature(subvector_mask_layout(config))),
+            "o": Out(stream.Signature(subvector_item_layout(config))),
+            "error": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._config
+        nb = cfg.max_blocks
+        o = self.o
+
+        cur_valid, cur_last, cur_fresh, cur_drop = Signal(), Signal(), Signal(), Signal()
+        cur_mask = Signal(nb)
+        cur_col = Signal(range(cfg.max_tokens))
+        next_col = Signal(range(cfg.max_tokens + 1))
+
+        block = Signal(range(nb))
+        for b in reversed(range(nb)):
+            with m.If(cur_mask[b]):
+                m.d.comb += block.eq(b)
+        rem = Signal(nb)
+        m.d.comb += rem.eq(cur_mask & (cur_mask - 1))       # lowest set bit cleared
+
+        out_free = ~o.valid | o.ready
+        emit = Signal()
+        done = Signal()
+        with m.If(cur_valid & out_free):
+            with m.If(cur_drop):
+                # A surplus column: nothing to emit unless it closes the head.
+                m.d.comb += [done.eq(1), emit.eq(cur_last)]
+            with m.Else():
+                m.d.comb += [emit.eq(1), done.eq(rem == 0)]
+
+        with m.If(o.valid & o.ready):
+            m.d.sync += o.valid.eq(0)
+        with m.If(emit):
+            empty = cur_drop | (cur_fresh & (cur_mask == 0))
+            m.d.sync += [o.valid.eq(1), o.payload.column.eq(cur_col),
+                         o.payload.block.eq(Mux(empty, 0, block)), o.payload.empty.eq(empty),
+                         o.payload.col_last.eq(done), o.payload.last.eq(done & cur_last),
+                         cur_mask.eq(rem), cur_fresh.eq(0)]
+
+        # A column is taken as soon as the previous one has left (one item per cycle).
+        m.d.comb += self.i.ready.eq(~cur_valid | done)
+        with m.If(self.i.ready):
+            m.d.sync += cur_valid.eq(self.i.valid)
+            with m.If(self.i.valid):
+                overflow = next_col == cfg.max_tokens
+                m.d.sync += [cur_mask.eq(self.i.payload.mask), cur_last.eq(self.i.payload.last),
+                             cur_fresh.eq(1), cur_drop.eq(overflow),
+                             cur_col.eq(Mux(overflow, cfg.max_tokens - 1, next_col)),
+                             next_col.eq(Mux(self.i.payload.last, 0,
+                                             Mux(overflow, next_col, next_col + 1)))]
+                with m.If(overflow):
+                    m.d.sync += self.error.eq(1)
+        return m
