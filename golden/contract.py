@@ -25,8 +25,12 @@ Rules
   with an unsigned 16-bit multiplier and a 6-bit shift (:data:`REQ_MULT`, :data:`REQ_SHIFT`);
   real scales are turned into ``(mult, shift)`` by :func:`quantize_multiplier`.
 * **Saturation.** Results are clamped to the output format (never wrapped).
+* **Nonlinearities** (integer, see the section at the end): softmax by a shift-based ``exp2``
+  with a 64-entry table and an integer reciprocal; LayerNorm by integer mean, integer square
+  root and reciprocal; GELU by a 256-entry int8 -> int8 table built from the layer's scales.
 """
 
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -35,6 +39,9 @@ __all__ = [
     "ROUNDING", "ceil_log2", "product_format", "accumulator_format", "linear_reduction_terms",
     "round_shift", "requantize", "quantize_multiplier",
     "pack_bitmap", "unpack_bitmap", "pack_values", "bitmap_words",
+    "RESID", "EXP2_FRAC_BITS", "EXP2_LUT", "EXP2_ONE", "SOFTMAX_RECIP_BITS", "PROB_FRAC_BITS",
+    "LN_FRAC_BITS", "LN_RECIP_BITS", "div_half_up", "exp2_neg", "softmax_row", "layernorm_row",
+    "gelu_table", "real_to_int",
 ]
 
 
@@ -218,3 +225,103 @@ def pack_values(values, k):
     if beats:
         beats[-1] = beats[-1] + [0] * (k - len(beats[-1]))
     return beats
+
+
+# --- Integer nonlinearities -----------------------------------------------------------------
+
+#: Residual stream of the integer model (wider than activations so that sums keep precision).
+RESID = IntFormat(16)
+#: Fractional bits of the softmax exponent (``t`` in units of ``2**-EXP2_FRAC_BITS``).
+EXP2_FRAC_BITS = 6
+#: ``2**-f`` for ``f = i / 64``, in units of ``2**-15`` (``EXP2_ONE`` = 1.0), rounded half up.
+EXP2_ONE = 1 << 15
+EXP2_LUT = tuple(math.floor(EXP2_ONE * 2.0 ** (-i / (1 << EXP2_FRAC_BITS)) + 0.5)
+                 for i in range(1 << EXP2_FRAC_BITS))
+#: Bits of the softmax row reciprocal ``floor(2**SOFTMAX_RECIP_BITS / sum)``.
+SOFTMAX_RECIP_BITS = 31
+#: Softmax probabilities are :data:`PROB` in units of ``2**-PROB_FRAC_BITS``.
+PROB_FRAC_BITS = 8
+#: LayerNorm normalised values in units of ``2**-LN_FRAC_BITS``.
+LN_FRAC_BITS = 6
+#: Bits of the LayerNorm reciprocal ``floor(2**LN_RECIP_BITS / (d * sigma))``.
+LN_RECIP_BITS = 31
+
+
+def real_to_int(x):
+    """Round a real number half up to an integer (for building constants, not at run time)."""
+    return math.floor(Fraction(x) + Fraction(1, 2))
+
+
+def div_half_up(num, den):
+    """``num / den`` rounded half up, ``den > 0`` (integer mean of ``den`` values)."""
+    if den <= 0:
+        raise ValueError("Divisor must be positive, not {!r}".format(den))
+    return (2 * num + den) // (2 * den)
+
+
+def exp2_neg(t):
+    """``2**(-t / 2**EXP2_FRAC_BITS)`` in units of ``2**-15`` for an integer ``t >= 0``:
+    a table lookup on the fraction and a right shift by the integer part (floor)."""
+    if t < 0:
+        raise ValueError("exp2_neg needs t >= 0, not {!r}".format(t))
+    q, r = t >> EXP2_FRAC_BITS, t & ((1 << EXP2_FRAC_BITS) - 1)
+    return EXP2_LUT[r] >> q if q < 16 else 0
+
+
+def softmax_row(scores, kept, mult, shift):
+    """Integer softmax of one row of attention scores over its kept entries.
+
+    Parameters
+    ----------
+    scores : sequence of int
+        Raw scores (accumulators of ``Q . K``).
+    kept : sequence of bool
+        Entries that take part; the others are ``-inf`` (probability 0).
+    mult, shift : int
+        ``t = round_shift((max - s) * mult, shift)`` converts a score distance into the base-2
+        exponent in units of ``2**-EXP2_FRAC_BITS`` (``mult / 2**shift`` approximates
+        ``score_scale * log2(e) * 2**EXP2_FRAC_BITS``).
+
+    Returns
+    -------
+    list of int
+        :data:`PROB` values in units of ``2**-PROB_FRAC_BITS``; all zero when nothing is kept.
+    """
+    REQ_MULT.check(mult, "Softmax exponent multiplier")
+    REQ_SHIFT.check(shift, "Softmax exponent shift")
+    live = [s for s, k in zip(scores, kept) if k]
+    if not live:
+        return [0] * len(scores)
+    top = max(live)
+    e = [exp2_neg(round_shift((top - s) * mult, shift)) if k else 0
+         for s, k in zip(scores, kept)]
+    recip = (1 << SOFTMAX_RECIP_BITS) // sum(e)
+    return [PROB.saturate(round_shift(x * recip, SOFTMAX_RECIP_BITS - PROB_FRAC_BITS))
+            for x in e]
+
+
+def layernorm_row(x, gamma, beta, mult, shift, out=ACT):
+    """Integer LayerNorm of one token.
+
+    ``c_i = d * x_i - sum(x)`` (the centred value times ``d``), ``sigma = isqrt(sum(c_i**2) // d)``
+    (the standard deviation times ``d``, at least 1), ``n_i = round_shift(c_i * recip,
+    LN_RECIP_BITS - LN_FRAC_BITS)`` with ``recip = floor(2**LN_RECIP_BITS / sigma)``, and the
+    output ``requantize(gamma_i * n_i + beta_i, mult, shift)``; ``gamma`` is int8 and ``beta``
+    is in units of ``gamma``'s scale times ``2**-LN_FRAC_BITS``.
+    """
+    d = len(x)
+    total = sum(x)
+    c = [d * v - total for v in x]
+    sigma = max(1, math.isqrt(sum(v * v for v in c) // d))
+    recip = (1 << LN_RECIP_BITS) // sigma
+    n = [round_shift(v * recip, LN_RECIP_BITS - LN_FRAC_BITS) for v in c]
+    return [requantize(g * v + b, mult, shift, out) for g, v, b in zip(gamma, n, beta)]
+
+
+def gelu_table(in_scale, out_scale, out=ACT):
+    """GELU as a table over every int8 input: ``table[x + 128] = sat(round_half_up(
+    gelu(x * in_scale) / out_scale))``. Built once per layer from its scales."""
+    def gelu(v):
+        return 0.5 * v * (1.0 + math.erf(v / math.sqrt(2.0)))
+    return tuple(out.saturate(math.floor(gelu(x * in_scale) / out_scale + 0.5))
+                 for x in range(ACT.min, ACT.max + 1))

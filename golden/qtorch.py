@@ -9,7 +9,8 @@ import torch
 
 from golden import contract
 
-__all__ = ["saturate", "wrap", "round_shift", "requantize"]
+__all__ = ["saturate", "wrap", "round_shift", "requantize", "div_half_up", "isqrt", "exp2_neg",
+           "softmax", "layernorm", "gelu"]
 
 
 def _int64(x):
@@ -51,3 +52,73 @@ def requantize(acc, mult, shift, out=contract.ACT):
     if ((shift < contract.REQ_SHIFT.min) | (shift > contract.REQ_SHIFT.max)).any():
         raise ValueError("Requantisation shift outside {}".format(contract.REQ_SHIFT))
     return saturate(round_shift(_int64(acc) * mult, shift), out)
+
+
+def div_half_up(num, den):
+    """``num / den`` rounded half up (``den`` positive, broadcast)."""
+    num, den = _int64(num), _int64(den)
+    if (den <= 0).any():
+        raise ValueError("Divisors must be positive")
+    return torch.div(2 * num + den, 2 * den, rounding_mode="floor")
+
+
+def isqrt(v):
+    """Exact integer square root (floor) of non-negative int64 values."""
+    v = _int64(v)
+    if (v < 0).any():
+        raise ValueError("isqrt of a negative value")
+    r = torch.sqrt(v.to(torch.float64)).floor().to(torch.int64)
+    # The float estimate can be off by one either way near perfect squares; correct it.
+    r = torch.where(r * r > v, r - 1, r)
+    r = torch.where((r + 1) * (r + 1) <= v, r + 1, r)
+    return r
+
+
+_EXP2_LUT = torch.tensor(contract.EXP2_LUT, dtype=torch.int64)
+
+
+def exp2_neg(t):
+    """Vectorised :func:`golden.contract.exp2_neg`."""
+    t = _int64(t)
+    if (t < 0).any():
+        raise ValueError("exp2_neg needs t >= 0")
+    q = t >> contract.EXP2_FRAC_BITS
+    r = t & ((1 << contract.EXP2_FRAC_BITS) - 1)
+    return torch.where(q < 16, _EXP2_LUT[r] >> q.clamp(max=15), torch.zeros_like(t))
+
+
+def softmax(scores, kept, mult, shift):
+    """Integer softmax over the last dimension (:func:`golden.contract.softmax_row`).
+
+    ``kept`` is a bool tensor broadcastable to ``scores``; rows with nothing kept give zeros.
+    """
+    scores = _int64(scores)
+    kept = torch.as_tensor(kept, dtype=torch.bool).expand_as(scores)
+    low = torch.iinfo(torch.int64).min
+    top = torch.where(kept, scores, torch.full_like(scores, low)).amax(-1, keepdim=True)
+    dist = torch.where(kept, top - scores, torch.zeros_like(scores))
+    e = torch.where(kept, exp2_neg(round_shift(dist * mult, shift)), torch.zeros_like(scores))
+    total = e.sum(-1, keepdim=True)
+    recip = torch.div(1 << contract.SOFTMAX_RECIP_BITS, total.clamp(min=1), rounding_mode="floor")
+    p = saturate(round_shift(e * recip, contract.SOFTMAX_RECIP_BITS - contract.PROB_FRAC_BITS),
+                 contract.PROB)
+    return torch.where(total > 0, p, torch.zeros_like(p))
+
+
+def layernorm(x, gamma, beta, mult, shift, out=contract.ACT):
+    """Integer LayerNorm over the last dimension (:func:`golden.contract.layernorm_row`)."""
+    x = _int64(x)
+    d = x.shape[-1]
+    c = d * x - x.sum(-1, keepdim=True)
+    sigma = isqrt(torch.div((c * c).sum(-1, keepdim=True), d, rounding_mode="floor")).clamp(min=1)
+    recip = torch.div(1 << contract.LN_RECIP_BITS, sigma, rounding_mode="floor")
+    n = round_shift(c * recip, contract.LN_RECIP_BITS - contract.LN_FRAC_BITS)
+    return requantize(_int64(gamma) * n + _int64(beta), mult, shift, out)
+
+
+def gelu(x, table):
+    """Apply a GELU table (:func:`golden.contract.gelu_table`) to int8 values."""
+    x = _int64(x)
+    if ((x < contract.ACT.min) | (x > contract.ACT.max)).any():
+        raise ValueError("GELU table input outside int8")
+    return torch.as_tensor(table, dtype=torch.int64)[x - contract.ACT.min]

@@ -156,3 +156,88 @@ def test_amaranth_matches_scalar(cases, acc_bits, out):
     want = [contract.requantize(a, mu, s, out) for a, mu, s in cases]
     bad = [(c, g, w) for c, g, w in zip(cases, got, want) if g != w]
     assert not bad, "first mismatches (acc, mult, shift), got, want: {}".format(bad[:5])
+
+
+# --- Integer nonlinearities: scalar contract vs torch, and against float. -------------------
+
+def test_exp2_table_and_shift():
+    assert contract.EXP2_LUT[0] == contract.EXP2_ONE
+    assert all(a > b for a, b in zip(contract.EXP2_LUT, contract.EXP2_LUT[1:]))
+    assert contract.exp2_neg(64) == contract.EXP2_ONE // 2       # 2**-1
+    assert contract.exp2_neg(64 * 16) == 0
+    t = torch.arange(0, 64 * 17)
+    assert qtorch.exp2_neg(t).tolist() == [contract.exp2_neg(int(v)) for v in t]
+    with pytest.raises(ValueError):
+        contract.exp2_neg(-1)
+
+
+def test_div_half_up_and_isqrt():
+    assert [contract.div_half_up(n, 4) for n in (1, 2, 3, -2, -3)] == [0, 1, 1, 0, -1]
+    rng = random.Random(SEED)
+    nums = [rng.randint(-10**9, 10**9) for _ in range(500)]
+    dens = [rng.randint(1, 5000) for _ in range(500)]
+    assert qtorch.div_half_up(torch.tensor(nums), torch.tensor(dens)).tolist() == [
+        contract.div_half_up(n, d) for n, d in zip(nums, dens)]
+    import math
+    vals = [0, 1, 2, 3, 4, 15, 16, 17, (1 << 52) - 1, (1 << 52), 10**15 + 7] + [
+        rng.randint(0, 1 << 50) for _ in range(500)]
+    vals += [v * v for v in range(1000, 1100)] + [v * v - 1 for v in range(1000, 1100)]
+    assert qtorch.isqrt(torch.tensor(vals)).tolist() == [math.isqrt(v) for v in vals]
+
+
+def _softmax_case(rng, n):
+    scores = [rng.randint(-50000, 50000) for _ in range(n)]
+    kept = [rng.random() < 0.7 for _ in range(n)]
+    mult, shift = contract.quantize_multiplier(rng.uniform(1e-4, 1e-2) * 1.4427 * 64)
+    return scores, kept, mult, shift
+
+
+def test_softmax_torch_matches_scalar_and_float():
+    rng = random.Random(SEED)
+    for _ in range(50):
+        scores, kept, mult, shift = _softmax_case(rng, rng.randint(1, 70))
+        want = contract.softmax_row(scores, kept, mult, shift)
+        got = qtorch.softmax(torch.tensor([scores]), torch.tensor([kept]), mult, shift)
+        assert got[0].tolist() == want
+        assert all(w == 0 for w, k in zip(want, kept) if not k)
+        if any(kept):
+            # Within a few units of 2**-8 of the float softmax over kept entries.
+            real = torch.tensor(scores, dtype=torch.float64) * (mult / 2**shift / 64 / 1.4427)
+            real[~torch.tensor(kept)] = float("-inf")
+            ref = torch.softmax(real, 0) * 256
+            assert (torch.tensor(want) - ref).abs().max() <= 4
+    assert contract.softmax_row([5, 6], [False, False], 1, 0) == [0, 0]
+
+
+def test_layernorm_torch_matches_scalar_and_float():
+    rng = random.Random(SEED)
+    for d in (1, 4, 64, 192):
+        for _ in range(10):
+            x = [rng.randint(contract.RESID.min, contract.RESID.max) // rng.choice([1, 64, 4096])
+                 for _ in range(d)]
+            gamma = [rng.randint(-127, 127) for _ in range(d)]
+            beta = [rng.randint(-5000, 5000) for _ in range(d)]
+            mult, shift = contract.quantize_multiplier(1 / 64 / 127 * 40)
+            want = contract.layernorm_row(x, gamma, beta, mult, shift)
+            got = qtorch.layernorm(torch.tensor([x]), torch.tensor(gamma), torch.tensor(beta),
+                                   mult, shift)
+            assert got[0].tolist() == want
+    # Constant input: sigma guarded (no division by zero), output is beta only.
+    assert contract.layernorm_row([7] * 8, [100] * 8, [64 * 3] * 8, 1 << 14, 15) == [96] * 8
+    # Against float LayerNorm: normalised values within 1 LSB of 2**-LN_FRAC_BITS.
+    x = torch.tensor([rng.randint(-3000, 3000) for _ in range(64)])
+    n = qtorch.layernorm(x[None], torch.ones(64, dtype=torch.int64), torch.zeros(64, dtype=torch.int64),
+                         1, 0, out=contract.IntFormat(32))
+    ref = torch.nn.functional.layer_norm(x.double(), (64,)) * 2**contract.LN_FRAC_BITS
+    assert (n[0] - ref).abs().max() <= 1.0
+
+
+def test_gelu_table():
+    table = contract.gelu_table(0.05, 0.04)
+    assert len(table) == 256 and table[128] == 0
+    assert table[255] == contract.ACT.saturate(int(127 * 0.05 / 0.04 + 0.5)) == 127
+    assert min(table) < 0                                   # GELU dips below zero
+    x = torch.arange(-128, 128)
+    assert qtorch.gelu(x, table).tolist() == list(table)
+    with pytest.raises(ValueError):
+        qtorch.gelu(torch.tensor([128]), table)
