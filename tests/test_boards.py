@@ -1,0 +1,178 @@
+"""The self-checking FPGA top under Amaranth's simulator, and the board build flow.
+
+The simulation tests need no FPGA tools; the end-to-end iCE40 build is marked slow (CI runs
+it, ``make test FAST=1`` skips it).
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+from amaranth.hdl import Fragment
+from amaranth.sim import Simulator
+
+from boards import build as board_build
+from boards.selftest import SEED, SelfTest, selftest_vectors
+from golden.blocks import pe_array_reference
+from hw.config import preset
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def simulate(dut, *, passes=2, max_cycles=20_000):
+    """Run ``dut`` until ``passes`` passes completed, a failure, or ``max_cycles``; return
+    the status outputs and the cycle count."""
+    seen = {"heartbeat_toggles": 0}
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+
+    async def bench(ctx):
+        cycles, last_beat = 0, ctx.get(dut.heartbeat)
+        while (ctx.get(dut.passes) < passes and not ctx.get(dut.failed)
+               and cycles < max_cycles):
+            await ctx.tick()
+            cycles += 1
+            beat = ctx.get(dut.heartbeat)
+            seen["heartbeat_toggles"] += beat != last_beat
+            last_beat = beat
+        # Let a verdict that is still being latched settle.
+        await ctx.tick().repeat(4)
+        seen.update(cycles=cycles, **{name: ctx.get(getattr(dut, name))
+                                      for name in ("passed", "failed", "done", "passes")})
+    sim.add_testbench(bench)
+    sim.run()
+    return seen
+
+
+@pytest.mark.parametrize("name", ["tiny", "default"])
+@pytest.mark.parametrize("stall_output", [True, False])
+def test_selftest_passes(name, stall_output):
+    dut = SelfTest(preset(name), heartbeat_cycles=7, stall_output=stall_output)
+    got = simulate(dut)
+    assert got["passes"] >= 2, got            # it repeats, and passes every time
+    assert got["passed"] and got["done"] and not got["failed"], got
+    # One pass at most takes the budget the sequencer allows itself.
+    assert got["cycles"] <= 2 * (dut.cycle_budget + 32), got
+    assert got["heartbeat_toggles"] >= got["cycles"] // 7 - 1, got
+
+
+@pytest.mark.parametrize("name, row", [("tiny", 0), ("tiny", 5), ("tiny", -1),
+                                       ("default", 77), ("default", -1)])
+def test_selftest_detects_corrupted_expectation(name, row):
+    n_rows = len(selftest_vectors(preset(name))[1])
+    dut = SelfTest(preset(name), heartbeat_cycles=7, corrupt_row=row % n_rows)
+    got = simulate(dut, passes=1)
+    assert got["failed"] and got["done"], got
+    assert not got["passed"] and got["passes"] == 0, got
+
+
+@pytest.mark.parametrize("name", ["tiny", "default"])
+@pytest.mark.parametrize("change", ["missing_row", "extra_row"])
+def test_selftest_checks_the_row_count(name, change):
+    dut = SelfTest(preset(name), heartbeat_cycles=7)
+    # White box: edit the expected ROM contents before elaboration. One row more than the
+    # array sends must end in the cycle-budget timeout, one fewer in the extra-row check.
+    rows = dut._expected
+    dut._expected = rows + [rows[-1]] if change == "missing_row" else rows[:-1]
+    got = simulate(dut, passes=1)
+    assert got["failed"] and not got["passed"] and got["passes"] == 0, got
+
+
+@pytest.mark.parametrize("name", ["tiny", "default"])
+def test_vectors_cover_the_array(name):
+    cfg = preset(name)
+    beats, want, seed = selftest_vectors(cfg)
+    assert (beats, want, seed) == selftest_vectors(cfg)        # deterministic
+    assert seed >= SEED and len(beats) <= 24
+    assert want == pe_array_reference(cfg, beats)
+    assert len(want) == sum(b["last"] for b in beats) * cfg.rows
+    assert {b["route"] for b in beats} == {0, 1, 2}
+    assert {b["bypass"] for b in beats} == {0, 1}
+    masks = {m for b in beats for m in b["mask"]}
+    assert 0 in masks and (1 << cfg.lanes) - 1 in masks and len(masks) > 2
+
+
+def test_selftest_rejects_bad_parameters():
+    cfg = preset("tiny")
+    with pytest.raises(ValueError, match="heartbeat_cycles"):
+        SelfTest(cfg, heartbeat_cycles=0)
+    with pytest.raises(ValueError, match="corrupt_row"):
+        SelfTest(cfg, heartbeat_cycles=4, corrupt_row=len(selftest_vectors(cfg)[1]))
+    with pytest.raises(ValueError, match="LED role"):
+        SelfTest(cfg, leds={"blink": ("led", 0)})
+    with pytest.raises(ValueError, match="resource name, number"):
+        SelfTest(cfg, leds={"passed": "led0"})
+    with pytest.raises(TypeError, match="stall_output"):
+        SelfTest(cfg, stall_output=1)
+    with pytest.raises(ValueError, match="max_beats"):
+        selftest_vectors(cfg, max_beats=2)
+    with pytest.raises(ValueError, match="heartbeat_cycles must be given"):
+        Fragment.get(SelfTest(cfg), None)       # no platform to take a clock frequency from
+
+
+def _nextpnr_json(path, *, achieved=17.5, constraint=12.0):
+    util = {"ICESTORM_LC": (3800, 5280), "ICESTORM_DSP": (8, 8), "ICESTORM_RAM": (0, 30)}
+    path.write_text(json.dumps({
+        "utilization": {k: {"used": u, "available": a} for k, (u, a) in util.items()},
+        "fmax": {"cd_sync.clk": {"achieved": achieved, "constraint": constraint}},
+        "critical_paths": []}))
+
+
+def test_parse_reports_json(tmp_path):
+    _nextpnr_json(tmp_path / "top.report.json")
+    (tmp_path / "top.stat.json").write_text(json.dumps({"design": {"num_cells_by_type": {
+        "SB_LUT4": 2600, "SB_DFF": 100, "SB_DFFESR": 1500, "SB_MAC16": 8}}}))
+    got = board_build.parse_reports(tmp_path, "ice40")
+    assert (got["luts"], got["ffs"], got["dsps"], got["brams"]) == (3800, 1600, 8, 0)
+    assert got["fmax_mhz"] == 17.5 and got["clock_mhz"] == 12.0 and got["timing_met"]
+
+
+def test_parse_reports_log_fallback(tmp_path):
+    (tmp_path / "top.tim").write_text(
+        "Info: Device utilisation:\n"
+        "Info: \t      TRELLIS_COMB:  9000/ 83640    10%\n"
+        "Info: \t        TRELLIS_FF:  5000/ 83640     5%\n"
+        "Info: \t        MULT18X18D:   144/   156    92%\n"
+        "Info: \t            DP16KD:    12/   208     5%\n"
+        "Info: Max frequency for clock '$glbnet$clk': 44.10 MHz (PASS at 25.00 MHz)\n"
+        "Info: Max frequency for clock '$glbnet$clk': 41.23 MHz (FAIL at 50.00 MHz)\n")
+    got = board_build.parse_reports(tmp_path, "ecp5")
+    assert (got["luts"], got["ffs"], got["dsps"], got["brams"]) == (9000, 5000, 144, 12)
+    assert got["fmax_mhz"] == 41.23 and got["clock_mhz"] == 50.0 and not got["timing_met"]
+
+
+def test_parse_reports_fails_loudly(tmp_path):
+    with pytest.raises(board_build.BuildError, match="No nextpnr report"):
+        board_build.parse_reports(tmp_path, "ice40")
+    (tmp_path / "top.report.json").write_text("{not json")
+    with pytest.raises(board_build.BuildError, match="Cannot parse"):
+        board_build.parse_reports(tmp_path, "ice40")
+    _nextpnr_json(tmp_path / "top.report.json")     # no Yosys statistics: no FF count
+    with pytest.raises(board_build.BuildError, match="flip-flops"):
+        board_build.parse_reports(tmp_path, "ice40")
+
+
+def test_build_cli_rejects_bad_arguments(capsys):
+    assert board_build.main(["--board", "icebreaker", "--out", "/tmp/x"]) == 1
+    assert "relative" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        board_build.main(["--board", "nexys"])
+    with pytest.raises(ValueError, match="board"):
+        board_build.build(board="nexys")
+
+
+@pytest.mark.slow
+def test_icebreaker_build_end_to_end(monkeypatch):
+    # YoWASP tools only see relative paths under the current directory: build in the repo.
+    monkeypatch.chdir(ROOT)
+    out = Path("build", "pytest-icebreaker")
+    assert board_build.main(["--board", "icebreaker", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["board"] == "icebreaker" and report["preset"] == "tiny"
+    assert report["dsps"] == 8
+    assert 0 < report["luts"] <= report["luts_available"] == 5280
+    assert report["ffs"] > 0 and report["brams"] >= 0
+    # The iCEBreaker clock is 12 MHz; nextpnr must close timing there.
+    assert report["clock_mhz"] == pytest.approx(12.0, rel=1e-3)
+    assert report["fmax_mhz"] > 12 and report["timing_met"]
+    assert (out / "top.bin").stat().st_size > 0
