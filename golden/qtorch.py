@@ -35,11 +35,16 @@ def wrap(x, fmt):
 
 def round_shift(x, shift):
     """Arithmetic right shift rounding half up; ``shift`` is an int or a tensor."""
-    x, shift = _int64(x), _int64(shift)
-    if (shift < 0).any():
-        raise ValueError("Shift amounts must be non-negative")
+    x = _int64(x)
     # (x >> (s - 1) + 1) >> 1 equals floor((x + 2**(s-1)) / 2**s) and needs no wide constant;
     # torch's >> on int64 is arithmetic (a floor division), as the contract requires.
+    if isinstance(shift, int):
+        if shift < 0:
+            raise ValueError("Shift amounts must be non-negative")
+        return x if shift == 0 else ((x >> (shift - 1)) + 1) >> 1
+    shift = _int64(shift)
+    if (shift < 0).any():
+        raise ValueError("Shift amounts must be non-negative")
     rounded = ((x >> (shift - 1).clamp(min=0)) + 1) >> 1
     return torch.where(shift == 0, x, rounded)
 
@@ -82,27 +87,31 @@ def exp2_neg(t):
     t = _int64(t)
     if (t < 0).any():
         raise ValueError("exp2_neg needs t >= 0")
-    q = t >> contract.EXP2_FRAC_BITS
-    r = t & ((1 << contract.EXP2_FRAC_BITS) - 1)
-    return torch.where(q < 16, _EXP2_LUT[r] >> q.clamp(max=15), torch.zeros_like(t))
+    q = (t >> contract.EXP2_FRAC_BITS).clamp_(max=16)        # 2**15 >> 16 == 0
+    return _EXP2_LUT[t & ((1 << contract.EXP2_FRAC_BITS) - 1)] >> q
 
 
 def softmax(scores, kept, mult, shift):
     """Integer softmax over the last dimension (:func:`golden.contract.softmax_row`).
 
-    ``kept`` is a bool tensor broadcastable to ``scores``; rows with nothing kept give zeros.
+    ``kept`` is a bool tensor broadcastable to ``scores`` (``None``: everything kept); rows
+    with nothing kept give zeros.
     """
     scores = _int64(scores)
-    kept = torch.as_tensor(kept, dtype=torch.bool).expand_as(scores)
-    low = torch.iinfo(torch.int64).min
-    top = torch.where(kept, scores, torch.full_like(scores, low)).amax(-1, keepdim=True)
-    dist = torch.where(kept, top - scores, torch.zeros_like(scores))
-    e = torch.where(kept, exp2_neg(round_shift(dist * mult, shift)), torch.zeros_like(scores))
+    if kept is None:
+        top = scores.amax(-1, keepdim=True)
+        e = exp2_neg(round_shift((top - scores) * mult, shift))
+    else:
+        kept = torch.as_tensor(kept, dtype=torch.bool).expand_as(scores)
+        low = torch.iinfo(torch.int64).min
+        top = scores.masked_fill(~kept, low).amax(-1, keepdim=True)
+        dist = (top - scores).masked_fill(~kept, 0)
+        e = exp2_neg(round_shift(dist * mult, shift)).masked_fill_(~kept, 0)
     total = e.sum(-1, keepdim=True)
     recip = torch.div(1 << contract.SOFTMAX_RECIP_BITS, total.clamp(min=1), rounding_mode="floor")
-    p = saturate(round_shift(e * recip, contract.SOFTMAX_RECIP_BITS - contract.PROB_FRAC_BITS),
-                 contract.PROB)
-    return torch.where(total > 0, p, torch.zeros_like(p))
+    # A row with nothing kept has e == 0 everywhere, so its probabilities are 0 as well.
+    return round_shift(e * recip, contract.SOFTMAX_RECIP_BITS - contract.PROB_FRAC_BITS).clamp_(
+        contract.PROB.min, contract.PROB.max)
 
 
 def layernorm(x, gamma, beta, mult, shift, out=contract.ACT):
