@@ -7,15 +7,13 @@ Inputs are driven and outputs sampled on the falling clock edge (same behaviour 
 and Verilator).
 """
 
-import random
-
 import cocotb
 from amaranth.lib import data
 from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, ReadOnly
 from cocotb.types import LogicArray
 
-from sim.amaranth_streams import to_python
+from sim.amaranth_streams import StreamStalls, to_python
 
 __all__ = ["pack", "unpack", "start_clock_and_reset", "StreamSource", "StreamSink"]
 
@@ -39,16 +37,19 @@ async def start_clock_and_reset(dut, cycles=2):
     dut.rst.value = 0
 
 
-class _Stalls:
-    def __init__(self, seed, prob, max_wait):
-        self.rng = random.Random(seed)
-        self.prob, self.max_wait = prob, max_wait
+class _StreamPort:
+    """Handles of one stream port of the DUT and its stall pattern."""
 
-    def wait(self):
-        return self.rng.randint(1, self.max_wait) if self.rng.random() < self.prob else 0
+    def __init__(self, dut, name, layout, seed, stall, max_wait):
+        self.clk = dut.clk
+        self.valid = getattr(dut, name + "__valid")
+        self.ready = getattr(dut, name + "__ready")
+        self.payload = getattr(dut, name + "__payload")
+        self.layout = layout
+        self.stalls = StreamStalls(seed, stall, max_wait)
 
 
-class StreamSource:
+class StreamSource(_StreamPort):
     """Drives payloads into the DUT's input stream ``name``.
 
     Parameters
@@ -59,12 +60,7 @@ class StreamSource:
     """
 
     def __init__(self, dut, name, layout, *, seed, stall=0.3, max_wait=3):
-        self.clk = dut.clk
-        self.valid = getattr(dut, name + "__valid")
-        self.ready = getattr(dut, name + "__ready")
-        self.payload = getattr(dut, name + "__payload")
-        self.layout = layout
-        self.stalls = _Stalls(seed, stall, max_wait)
+        super().__init__(dut, name, layout, seed, stall, max_wait)
         self.valid.value = 0
         self.payload.value = 0      # no X on an idle bus (Icarus is 4-state)
         self.sent = 0
@@ -86,16 +82,11 @@ class StreamSource:
             self.sent += 1
 
 
-class StreamSink:
+class StreamSink(_StreamPort):
     """Takes payloads from the DUT's output stream ``name``, stalling ``ready`` at random."""
 
     def __init__(self, dut, name, layout, *, seed, stall=0.3, max_wait=3):
-        self.clk = dut.clk
-        self.valid = getattr(dut, name + "__valid")
-        self.ready = getattr(dut, name + "__ready")
-        self.payload = getattr(dut, name + "__payload")
-        self.layout = layout
-        self.stalls = _Stalls(seed, stall, max_wait)
+        super().__init__(dut, name, layout, seed, stall, max_wait)
         self.ready.value = 0
         self.received = []
 
