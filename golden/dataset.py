@@ -15,9 +15,10 @@ Label
 
 Generative process (per clip)
 -----------------------------
-All random parameters of clip ``i`` of a split are drawn from ``numpy.random.default_rng(
-(seed, split_id, i))``, so a clip depends only on ``(seed, split, i)``: not on how many clips
-are generated, nor on the chunking used to vectorise rendering. Distributions are set by
+The scene parameters of clip ``i`` of a split are drawn from ``numpy.random.default_rng(
+(seed, split_id, i))`` and its sensor noise from ``default_rng((seed, split_id, i, 1))``, so a
+clip depends only on ``(seed, split, i)``: not on how many clips are generated, nor on the
+chunking used to vectorise rendering. Distributions are set by
 :class:`DatasetConfig`; ``U(a, b)`` is uniform.
 
 1. **Background.** A sum of :attr:`~DatasetConfig.n_gratings` sinusoidal gratings with random
@@ -29,7 +30,8 @@ are generated, nor on the chunking used to vectorise rendering. Distributions ar
    is far from random (a good case for inter-frame delta coding), and its motion is a distractor
    for the direction label.
 2. **Target object.** A filled, anti-aliased shape (signed-distance rendering, one-pixel soft
-   edge) of size ``U(target_size)`` pixels, random static rotation, flat intensity
+   edge) of size ``U(target_size)`` pixels, static rotation ``U(-rotation, rotation)`` degrees
+   from its canonical pose (axis-aligned square and cross, triangle apex up), flat intensity
    ``background mean +- U(contrast)`` (random polarity). It moves along its label direction at
    ``U(speed)`` pixels/frame, with a small perpendicular drift (``+- drift`` times the speed);
    the start position is chosen so that its centre stays at least its size away from the border
@@ -43,8 +45,9 @@ are generated, nor on the chunking used to vectorise rendering. Distributions ar
    added to every pixel of every frame, then the frame is clipped to ``[0, 1]`` and quantised to
    ``uint8`` with round-half-up (``floor(255 x + 0.5)``).
 
-Sizes are "radii": half-side of the square, radius of the disc, 1.4x that for the triangle's
-circumradius and the cross's arm length (so the four shapes have comparable area).
+A size ``s`` is the disc's radius; the square's half-side is ``0.87 s``, the triangle's
+circumradius ``1.5 s``, the cross's arm half-length ``1.25 s`` and half-width ``0.35 s``, so the
+four shapes have about the same area (~3 s^2) and area alone does not tell them apart.
 
 Usage
 -----
@@ -92,13 +95,14 @@ class DatasetConfig:
     grating_freq: tuple[float, float] = (0.03, 0.20)
     bg_contrast: tuple[float, float] = (0.05, 0.25)
     pan_speed: tuple[float, float] = (0.0, 1.0)
-    target_size: tuple[float, float] = (4.5, 8.0)
-    distractor_size: tuple[float, float] = (2.5, 4.0)
-    contrast: tuple[float, float] = (0.10, 0.40)
-    speed: tuple[float, float] = (0.5, 1.8)
+    target_size: tuple[float, float] = (6.0, 10.0)
+    distractor_size: tuple[float, float] = (3.0, 5.0)
+    contrast: tuple[float, float] = (0.12, 0.45)
+    speed: tuple[float, float] = (0.5, 1.5)
     drift: float = 0.3
+    rotation: float = 20.0
     p_distractor: float = 0.8
-    noise: tuple[float, float] = (0.02, 0.08)
+    noise: tuple[float, float] = (0.03, 0.10)
 
     def __post_init__(self):
         if self.channels != 1:
@@ -124,13 +128,13 @@ class ClipParams:
     pan: np.ndarray            # [n, 2] pixels/frame
     shape: np.ndarray          # [n, 2] int
     size: np.ndarray           # [n, 2]
-    angle: np.ndarray          # [n, 2] rotation (radians)
+    angle: np.ndarray          # [n, 2] rotation from the canonical pose (radians)
     intensity: np.ndarray      # [n, 2] absolute grey level
     start: np.ndarray          # [n, 2, 2] centre at frame 0 (x, y)
     velocity: np.ndarray       # [n, 2, 2] pixels/frame (x, y)
     present: np.ndarray        # [n, 2] bool
     noise_std: np.ndarray      # [n]
-    noise: np.ndarray          # [n, T, H, W] float32 standard normal
+    noise: np.ndarray | None = None  # [n, T, H, W] float32 standard normal, None = no noise
 
 
 def label_of(shape, direction):
@@ -188,20 +192,19 @@ def _sample_one(cfg: DatasetConfig, rng: np.random.Generator) -> dict:
     # Flat intensities: background mean +- contrast, random polarity, kept inside [0, 1].
     sign = rng.choice([-1.0, 1.0], 2)
     intensity = np.clip(bg_mean + sign * _uniform(rng, cfg.contrast, 2), 0.0, 1.0)
-    angle = rng.uniform(0, 2 * math.pi, 2)
+    angle = np.radians(rng.uniform(-cfg.rotation, cfg.rotation, 2))
 
     noise_std = _uniform(rng, cfg.noise)
-    noise = rng.standard_normal((t, h, w), dtype=np.float32)
     return dict(
         label=label_of(shape_t, direction), bg_mean=bg_mean, bg_freq=bg_freq, bg_phase=bg_phase,
         bg_amp=bg_amp, pan=pan, shape=np.array([shape_t, shape1]), size=np.array([size0, size1]),
         angle=angle, intensity=intensity, start=np.stack([start0, start1]),
         velocity=np.stack([vel0, vel1]), present=np.array([True, present1]),
-        noise_std=noise_std, noise=noise)
+        noise_std=noise_std)
 
 
 def sample_params(indices, seed: int = 0, split: str = "train",
-                  cfg: DatasetConfig = DatasetConfig()) -> ClipParams:
+                  cfg: DatasetConfig = DatasetConfig(), noise: bool = True) -> ClipParams:
     """Draw the parameters of clips ``indices`` of a split, each from its own generator.
 
     Parameters
@@ -214,11 +217,20 @@ def sample_params(indices, seed: int = 0, split: str = "train",
         Split name; mixed into every clip's seed so splits are disjoint streams.
     cfg : DatasetConfig
         Distributions.
+    noise : bool
+        Also draw the unit sensor-noise fields (the bulk of the random numbers; skip them when
+        only the scene parameters are needed). They come from a second per-clip stream,
+        ``default_rng((seed, split_id, i, 1))``, so they do not perturb the scene parameters.
     """
     split_id = SPLIT_IDS[split]
-    clips = [_sample_one(cfg, np.random.default_rng((int(seed), split_id, int(i))))
-             for i in indices]
-    return ClipParams(**{k: np.stack([c[k] for c in clips]) for k in clips[0]})
+    indices = [int(i) for i in indices]
+    clips = [_sample_one(cfg, np.random.default_rng((int(seed), split_id, i))) for i in indices]
+    p = ClipParams(**{k: np.stack([c[k] for c in clips]) for k in clips[0]})
+    if noise:
+        shape = (cfg.frames, cfg.height, cfg.width)
+        p.noise = np.stack([np.random.default_rng((int(seed), split_id, i, 1))
+                            .standard_normal(shape, dtype=np.float32) for i in indices])
+    return p
 
 
 def _sdf(shape, px, py, size):
@@ -228,20 +240,26 @@ def _sdf(shape, px, py, size):
     right one selected, which keeps the renderer branch-free and vectorised.
     """
     ax, ay = px.abs(), py.abs()
-    square = torch.maximum(ax, ay) - 0.85 * size
+    square = torch.maximum(ax, ay) - 0.87 * size
     disc = torch.sqrt(px * px + py * py) - size
-    # Equilateral triangle, circumradius R = 1.4 size: max over the three edge half-planes,
-    # whose normals point at angles 90, 210 and 330 degrees; the inradius is R / 2.
-    r_tri = 1.4 * size
+    # Equilateral triangle, circumradius R = 1.5 size: max over the three edge half-planes,
+    # whose normals point at angles 90, 210 and 330 degrees (y down: apex up); inradius R / 2.
+    r_tri = 1.5 * size
     c, s = math.sqrt(3) / 2, 0.5
     tri = torch.maximum(torch.maximum(py, -c * px - s * py), c * px - s * py) - r_tri / 2
-    # Cross: union of two bars of half-length L and half-width 0.3 L.
-    arm, half = 1.4 * size, 0.42 * size
+    # Cross: union of two bars of half-length 1.25 size and half-width 0.35 size.
+    arm, half = 1.25 * size, 0.35 * size
     bar_h = torch.maximum(ax - arm, ay - half)
     bar_v = torch.maximum(ax - half, ay - arm)
     cross = torch.minimum(bar_h, bar_v)
     return torch.where(shape == 0, square, torch.where(shape == 1, disc,
                        torch.where(shape == 2, tri, cross)))
+
+
+def _window_half(cfg: DatasetConfig) -> int:
+    """Half-width of the square window an object is rasterised in (covers its extent + edge)."""
+    extent = 1.5 * max(cfg.target_size[1], cfg.distractor_size[1])  # triangle circumradius
+    return int(math.ceil(extent + 0.5)) + 1
 
 
 @torch.no_grad()
@@ -251,41 +269,58 @@ def render(p: ClipParams, cfg: DatasetConfig = DatasetConfig()) -> torch.Tensor:
     Returns
     -------
     torch.Tensor
-        ``uint8`` videos of shape ``[n, 1, T, H, W]``.
+        ``uint8`` videos of shape ``[n, 1, T, H, W]``; noise-free when ``p.noise`` is None.
     """
     f32 = torch.float32
-    t_ax = torch.arange(cfg.frames, dtype=f32).view(1, -1, 1, 1)
-    y_ax = torch.arange(cfg.height, dtype=f32).view(1, 1, -1, 1)
-    x_ax = torch.arange(cfg.width, dtype=f32).view(1, 1, 1, -1)
+    n, t, h, w = len(p.label), cfg.frames, cfg.height, cfg.width
+    t_ax = torch.arange(t, dtype=f32).view(1, -1, 1)                     # [1, T, 1]
+    x_ax = torch.arange(w, dtype=f32).view(1, 1, -1)
+    y_ax = torch.arange(h, dtype=f32).view(1, 1, -1)
     tt = lambda a: torch.as_tensor(a, dtype=f32)  # noqa: E731
 
-    # Background: the texture at frame t is the frame-0 texture shifted by pan * t.
-    pan = tt(p.pan)
-    bx = x_ax - pan[:, 0].view(-1, 1, 1, 1) * t_ax                       # [n, T, 1, W]
-    by = y_ax - pan[:, 1].view(-1, 1, 1, 1) * t_ax                       # [n, T, H, 1]
-    video = tt(p.bg_mean).view(-1, 1, 1, 1).expand(-1, cfg.frames, cfg.height, cfg.width).clone()
-    freq, phase, amp = tt(p.bg_freq), tt(p.bg_phase), tt(p.bg_amp)
-    for g in range(freq.shape[1]):
-        arg = (freq[:, g, 0].view(-1, 1, 1, 1) * bx + freq[:, g, 1].view(-1, 1, 1, 1) * by
-               + phase[:, g].view(-1, 1, 1, 1))
-        video += amp[:, g].view(-1, 1, 1, 1) * torch.sin(arg)
+    # Background. The texture at frame t is the frame-0 texture shifted by pan * t; each
+    # grating sin(a(x) + b(y)) = sin a cos b + cos a sin b is separable, so the whole sum is one
+    # batched matrix product [H, 2G] @ [2G, W] per frame instead of G full-size sines.
+    pan, freq = tt(p.pan), tt(p.bg_freq)                                  # [n, 2], [n, G, 2]
+    amp, phase = tt(p.bg_amp)[:, None, :, None], tt(p.bg_phase)[:, None, :, None]
+    bx = x_ax - pan[:, 0].view(-1, 1, 1) * t_ax                          # [n, T, W]
+    by = y_ax - pan[:, 1].view(-1, 1, 1) * t_ax                          # [n, T, H]
+    a = freq[:, None, :, 0, None] * bx[:, :, None, :] + phase            # [n, T, G, W]
+    b = freq[:, None, :, 1, None] * by[:, :, None, :]                    # [n, T, G, H]
+    cols = torch.cat([torch.cos(b), torch.sin(b)], 2).transpose(2, 3)    # [n, T, H, 2G]
+    rows = torch.cat([amp * torch.sin(a), amp * torch.cos(a)], 2)        # [n, T, 2G, W]
+    video = tt(p.bg_mean).view(-1, 1, 1, 1) + cols @ rows                # [n, T, H, W]
 
-    # Objects, target first so the distractor is drawn over it (painter's order).
+    # Objects, target first so the distractor is drawn over it (painter's order). Each object
+    # is rasterised in a small window around its centre, then gathered into the full frame.
+    half = _window_half(cfg)
+    win = torch.arange(-half, half + 1)                                  # [K]
     start, vel = tt(p.start), tt(p.velocity)
     for o in range(2):
-        cx = start[:, o, 0].view(-1, 1, 1, 1) + vel[:, o, 0].view(-1, 1, 1, 1) * t_ax
-        cy = start[:, o, 1].view(-1, 1, 1, 1) + vel[:, o, 1].view(-1, 1, 1, 1) * t_ax
-        dx, dy = x_ax - cx, y_ax - cy
+        cx = start[:, o, 0].view(-1, 1) + vel[:, o, 0].view(-1, 1) * t_ax[..., 0]   # [n, T]
+        cy = start[:, o, 1].view(-1, 1) + vel[:, o, 1].view(-1, 1) * t_ax[..., 0]
+        ox, oy = torch.floor(cx).long(), torch.floor(cy).long()         # window centre pixel
+        dx = ((ox[..., None] + win) - cx[..., None])[:, :, None, :]      # [n, T, 1, K]
+        dy = ((oy[..., None] + win) - cy[..., None])[:, :, :, None]      # [n, T, K, 1]
         ang = tt(p.angle[:, o]).view(-1, 1, 1, 1)
         ca, sa = torch.cos(ang), torch.sin(ang)
-        px, py = ca * dx + sa * dy, -sa * dx + ca * dy                      # rotate into object frame
+        px, py = ca * dx + sa * dy, -sa * dx + ca * dy                   # object frame, [n,T,K,K]
         sdf = _sdf(torch.as_tensor(p.shape[:, o]).view(-1, 1, 1, 1), px, py,
                    tt(p.size[:, o]).view(-1, 1, 1, 1))
-        alpha = (0.5 - sdf).clamp(0.0, 1.0)                                 # one-pixel soft edge
+        alpha = (0.5 - sdf).clamp(0.0, 1.0)                              # one-pixel soft edge
         alpha = alpha * torch.as_tensor(p.present[:, o], dtype=f32).view(-1, 1, 1, 1)
-        video = video + alpha * (tt(p.intensity[:, o]).view(-1, 1, 1, 1) - video)
+        # Window row/column of every frame pixel; pixels outside the window get alpha 0.
+        ry = torch.arange(h).view(1, 1, -1) - (oy[..., None] - half)     # [n, T, H]
+        rx = torch.arange(w).view(1, 1, -1) - (ox[..., None] - half)     # [n, T, W]
+        k = 2 * half + 1
+        vy, vx = (ry >= 0) & (ry < k), (rx >= 0) & (rx < k)
+        full = alpha.gather(2, ry.clamp(0, k - 1)[..., None].expand(-1, -1, -1, k))
+        full = full.gather(3, rx.clamp(0, k - 1)[:, :, None, :].expand(-1, -1, h, -1))
+        full = full * (vy[..., None] & vx[:, :, None, :])
+        video = video + full * (tt(p.intensity[:, o]).view(-1, 1, 1, 1) - video)
 
-    video = video + tt(p.noise_std).view(-1, 1, 1, 1) * torch.from_numpy(p.noise)
+    if p.noise is not None:
+        video = video + tt(p.noise_std).view(-1, 1, 1, 1) * torch.from_numpy(p.noise)
     # Round half up (floor(x + 0.5)), the project's only rounding rule; never torch.round.
     video = torch.floor(video.clamp(0.0, 1.0) * 255.0 + 0.5).to(torch.uint8)
     return video.unsqueeze(1)

@@ -1,0 +1,135 @@
+"""Inter-frame delta linear projection (RTSA, ARCHITECTURE.md §1.2) on the integer model.
+
+Every token-wise linear layer keeps, per spatial position, a reference input ``r`` (int8) and
+its output ``y_ref = W r + b`` (accumulator units). For a token ``x`` at that position::
+
+    delta = x - r;  delta~ = delta where |delta| > tau, else 0
+    y = y_ref + W delta~;  r <- r + delta~;  y_ref <- y
+
+so ``y == W r + b`` exactly (the reference moves only by what was sent, so the error never
+drifts) and only ``nnz(delta~)`` weight columns are touched. A position with no reference
+(frame 0, or a token that STA pruning removed so far) is computed densely and becomes the
+reference. Tokens are processed frame by frame in frame-major order.
+
+The nonzero ``delta~`` elements are exactly what the hardware bitmap decoder consumes:
+:func:`token_streams` turns one into the contract's bitmap and value streams.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from golden import contract
+from golden.blocks import bitmap_token_streams
+
+__all__ = ["DeltaLinear", "LayerCount", "token_streams"]
+
+
+@dataclass
+class LayerCount:
+    """MACs of one linear layer: what a dense layer would do, and what was done."""
+    dense: int = 0
+    performed: int = 0
+    tokens: int = 0
+    dense_tokens: int = 0
+    sent: int = 0           # nonzero delta elements sent (delta tokens only)
+    elements: int = 0       # delta elements examined (delta tokens only)
+
+
+@dataclass
+class DeltaLinear:
+    """Delta state of one linear layer over a batch of clips.
+
+    Parameters
+    ----------
+    layer : :class:`golden.intvidt.QLinear`
+    tau : int
+        Threshold in input units (``>= 0``): elements with ``|delta| <= tau`` are not sent;
+        ``tau = 0`` sends every changed element, which reproduces the dense layer exactly.
+    n_s : int
+        Spatial positions per frame (one reference each).
+    """
+    layer: object
+    tau: int
+    n_s: int
+    count: LayerCount = field(default_factory=LayerCount)
+    ref: torch.Tensor | None = None          # [B, n_s, in]
+    y_ref: torch.Tensor | None = None        # [B, n_s, out]
+    has_ref: torch.Tensor | None = None      # [B, n_s] bool
+    last_delta: torch.Tensor | None = None   # [B, tokens, in] delta~ of the last frame (export)
+
+    def __post_init__(self):
+        if not isinstance(self.tau, int) or self.tau < 0:
+            raise ValueError("Delta threshold must be a non-negative integer, not {!r}"
+                             .format(self.tau))
+
+    def _init(self, batch):
+        w = self.layer.weight
+        self.ref = torch.zeros(batch, self.n_s, w.shape[1], dtype=torch.int64)
+        self.y_ref = torch.zeros(batch, self.n_s, w.shape[0], dtype=torch.int64)
+        self.has_ref = torch.zeros(batch, self.n_s, dtype=torch.bool)
+
+    def frame(self, x, spatial):
+        """Accumulators of one frame's tokens.
+
+        Parameters
+        ----------
+        x : int64 ``[B, T, in]``
+            The frame's tokens (``T`` may be below ``n_s`` after token pruning).
+        spatial : int64 ``[B, T]``
+            Spatial position of each token.
+
+        Returns
+        -------
+        int64 ``[B, T, out]``: ``W r + b`` with the updated references ``r``.
+        """
+        if self.ref is None:
+            self._init(x.shape[0])
+        from golden.intvidt import int_matmul
+        b_idx = torch.arange(x.shape[0])[:, None]
+        ref = self.ref[b_idx, spatial]
+        has = self.has_ref[b_idx, spatial]                          # [B, T]
+        delta = x - ref
+        send = (delta.abs() > self.tau) & has[..., None]
+        delta = torch.where(send, delta, torch.zeros_like(delta))
+        if delta.numel() and int(delta.abs().max()) > contract.DELTA.max:
+            raise OverflowError("Delta outside {}".format(contract.DELTA))
+        dense = ~has
+        y_delta = self.y_ref[b_idx, spatial] + int_matmul(delta, self.layer.weight.T)
+        y_dense = self.layer.accumulate(x)
+        y = torch.where(dense[..., None], y_dense, y_delta)
+        new_ref = torch.where(dense[..., None], x, ref + delta)
+        self.ref[b_idx, spatial] = new_ref
+        self.y_ref[b_idx, spatial] = y
+        self.has_ref[b_idx, spatial] = True
+        self.last_delta = delta
+        out_f, in_f = self.layer.weight.shape
+        n_dense, n_tok = int(dense.sum()), dense.numel()
+        sent = int(send.sum())
+        c = self.count
+        c.tokens += n_tok
+        c.dense_tokens += n_dense
+        c.dense += n_tok * in_f * out_f
+        c.performed += (n_dense * in_f + sent) * out_f
+        c.sent += sent
+        c.elements += (n_tok - n_dense) * in_f
+        return y
+
+    def __call__(self, x, frames, spatial):
+        """Accumulators of tokens ``x`` ``[B, N, in]`` in frame-major order; ``frames`` and
+        ``spatial`` ``[B, N]`` give each token's frame and position (equal frames are
+        contiguous and identical across the batch)."""
+        out = torch.empty(x.shape[:2] + (self.layer.weight.shape[0],), dtype=torch.int64)
+        f = frames[0]
+        for value in torch.unique_consecutive(f):
+            sel = (f == value).nonzero().flatten()
+            out[:, sel] = self.frame(x[:, sel], spatial[:, sel])
+        return out
+
+
+def token_streams(config, delta_token):
+    """Bitmap and value beats of one token's ``delta~`` (a sequence of ints) for the hardware
+    bitmap decoder (:class:`hw.bitmap_decoder.BitmapDecoder`)."""
+    return bitmap_token_streams(config, [int(v) for v in delta_token])

@@ -1,0 +1,17 @@
+"""Shared fixtures."""
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session")
+def small_int_model():
+    """An untrained (seeded) benchmark-shaped float VidT, its integer model quantised on 8
+    clips, and 8 further clips: ``(model, qmodel, clips)``."""
+    from golden.dataset import make_split
+    from golden.intvidt import quantize_vidt
+    from golden.vidt import VidT, VidTConfig
+    torch.manual_seed(3)
+    model = VidT(VidTConfig()).eval()
+    videos, _ = make_split(16, seed=3, split="train")
+    return model, quantize_vidt(model, videos[:8]), videos[8:]
