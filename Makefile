@@ -10,17 +10,21 @@ PRESET     ?=
 JOBS       ?= 2
 # FAST=1 skips the tests marked slow (they still run in CI).
 FAST       ?=
+# FULL=1 makes `make eval` sweep every technique's parameter.
+FULL       ?=
 PYTEST_SEL := $(if $(FAST),-m "not slow",)
 SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 export AMARANTH_USE_YOSYS := builtin
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install verilog test bitstream clean help
+.PHONY: install verilog test eval vectors bitstream clean help
 
 help:
 	@echo "make verilog     generate Verilog for every preset into build/verilog/<preset>/"
 	@echo "make test        run unit tests and cocotb co-simulation (Icarus and Verilator); FAST=1 skips slow extras"
+	@echo "make eval        top-1 against ideal computation saving of the benchmark model -> build/eval/ (FULL=1: full sweep)"
+	@echo "make vectors     export one clip's integer test vectors for co-simulation -> build/vectors/"
 	@echo "make bitstream   build the self-checking FPGA top (BOARD=ulx3s|icebreaker) into build/<board>/"
 	@echo "make clean       remove build outputs (keeps .venv)"
 
@@ -41,6 +45,12 @@ verilog: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -n $(JOBS) $(PYTEST_SEL) tests
+
+eval: $(STAMP)
+	$(PY) -m golden.eval --out build/eval $(if $(FULL),--full,)
+
+vectors: $(STAMP)
+	$(PY) -m golden.export --clip 0 --block 0 --tau 2 --rho 0.5 --out build/vectors/test0_block0
 
 bitstream: $(STAMP)
 	$(PY) -m boards.build --board $(BOARD) $(if $(PRESET),--preset $(PRESET),)

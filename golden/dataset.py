@@ -22,13 +22,13 @@ chunking used to vectorise rendering. Distributions are set by
 :class:`DatasetConfig`; ``U(a, b)`` is uniform.
 
 1. **Background.** A sum of :attr:`~DatasetConfig.n_gratings` sinusoidal gratings with random
-   orientation, spatial frequency ``U(f_min, f_max)`` cycles/pixel (amplitude ~ 1/f, so the
-   texture looks like smooth random clutter rather than stripes), around a mean level
-   ``U(0.3, 0.7)``, rescaled to a peak amplitude ``U(bg_contrast)``. The whole texture **pans**
-   at a constant velocity of speed ``U(pan_speed)`` pixels/frame in a uniformly random
-   direction, independent of the label: the background changes between frames everywhere but
-   is far from random (a good case for inter-frame delta coding), and its motion is a distractor
-   for the direction label.
+   orientation and phase, spatial frequency ``U(grating_freq)`` cycles/pixel and amplitude
+   ~ 1/f (so the texture looks like smooth random clutter rather than stripes), around a mean
+   level ``U(0.3, 0.7)``; the amplitudes sum to ``U(bg_contrast)``, the largest possible
+   excursion from the mean. The whole texture **pans** at a constant velocity of speed
+   ``U(pan_speed)`` pixels/frame in a uniformly random direction, independent of the label:
+   the background changes between frames everywhere but is far from random (a good case for
+   inter-frame delta coding), and its motion is a distractor for the direction label.
 2. **Target object.** A filled, anti-aliased shape (signed-distance rendering, one-pixel soft
    edge) of size ``U(target_size)`` pixels, static rotation ``U(-rotation, rotation)`` degrees
    from its canonical pose (axis-aligned square and cross, triangle apex up), flat intensity
@@ -93,24 +93,27 @@ class DatasetConfig:
     channels: int = 1
     n_gratings: int = 6
     grating_freq: tuple[float, float] = (0.03, 0.20)
-    bg_contrast: tuple[float, float] = (0.05, 0.25)
+    bg_contrast: tuple[float, float] = (0.05, 0.20)
     pan_speed: tuple[float, float] = (0.0, 1.0)
-    target_size: tuple[float, float] = (6.0, 10.0)
-    distractor_size: tuple[float, float] = (3.0, 5.0)
-    contrast: tuple[float, float] = (0.12, 0.45)
+    target_size: tuple[float, float] = (7.0, 11.0)
+    distractor_size: tuple[float, float] = (2.5, 4.5)
+    contrast: tuple[float, float] = (0.15, 0.50)
     speed: tuple[float, float] = (0.5, 1.5)
     drift: float = 0.3
     rotation: float = 20.0
     p_distractor: float = 0.8
-    noise: tuple[float, float] = (0.03, 0.10)
+    noise: tuple[float, float] = (0.02, 0.08)
 
     def __post_init__(self):
         if self.channels != 1:
             raise ValueError("only grey-scale (channels=1) clips are generated")
         travel = self.speed[1] * (self.frames - 1)
-        # The target must fit its whole trajectory inside the frame (see _place_target).
+        # The target must fit its whole trajectory inside the frame (see _sample_one).
         if 2 * self.target_size[1] + travel > min(self.height, self.width) - 1:
             raise ValueError("target_size/speed too large for the frame: the trajectory does not fit")
+        # "The larger object is the target" is what makes the label well defined.
+        if self.distractor_size[1] >= self.target_size[0]:
+            raise ValueError("distractor_size must stay below target_size")
 
 
 @dataclass

@@ -71,7 +71,7 @@ class DeltaLinear:
         self.y_ref = torch.zeros(batch, self.n_s, w.shape[0], dtype=torch.int64)
         self.has_ref = torch.zeros(batch, self.n_s, dtype=torch.bool)
 
-    def frame(self, x, spatial):
+    def frame(self, x, spatial, valid=None):
         """Accumulators of one frame's tokens.
 
         Parameters
@@ -80,6 +80,9 @@ class DeltaLinear:
             The frame's tokens (``T`` may be below ``n_s`` after token pruning).
         spatial : int64 ``[B, T]``
             Spatial position of each token.
+        valid : bool ``[B, T]``, optional
+            Which entries are tokens; the others are padding: computed but neither stored nor
+            counted, their outputs meaningless. Default: all.
 
         Returns
         -------
@@ -87,6 +90,8 @@ class DeltaLinear:
         """
         if self.ref is None:
             self._init(x.shape[0])
+        if valid is None:
+            valid = torch.ones(spatial.shape, dtype=torch.bool)
         from golden.intvidt import int_matmul
         b_idx = torch.arange(x.shape[0])[:, None]
         ref = self.ref[b_idx, spatial]
@@ -101,13 +106,14 @@ class DeltaLinear:
         y_dense = self.layer.accumulate(x)
         y = torch.where(dense[..., None], y_dense, y_delta)
         new_ref = torch.where(dense[..., None], x, ref + delta)
-        self.ref[b_idx, spatial] = new_ref
-        self.y_ref[b_idx, spatial] = y
-        self.has_ref[b_idx, spatial] = True
+        at = (b_idx.expand_as(spatial)[valid], spatial[valid])
+        self.ref[at] = new_ref[valid]
+        self.y_ref[at] = y[valid]
+        self.has_ref[at] = True
         self.last_delta = delta
         out_f, in_f = self.layer.weight.shape
-        n_dense, n_tok = int(dense.sum()), dense.numel()
-        sent = int(send.sum())
+        n_dense, n_tok = int((dense & valid).sum()), int(valid.sum())
+        sent = int((send & valid[..., None]).sum())
         c = self.count
         c.tokens += n_tok
         c.dense_tokens += n_dense
@@ -119,13 +125,29 @@ class DeltaLinear:
 
     def __call__(self, x, frames, spatial):
         """Accumulators of tokens ``x`` ``[B, N, in]`` in frame-major order; ``frames`` and
-        ``spatial`` ``[B, N]`` give each token's frame and position (equal frames are
-        contiguous and identical across the batch)."""
+        ``spatial`` ``[B, N]`` give each token's frame and position.
+
+        After token pruning the clips of a batch may keep different numbers of tokens of a
+        frame; each frame is then processed as a padded ``[B, max count]`` slice.
+        """
         out = torch.empty(x.shape[:2] + (self.layer.weight.shape[0],), dtype=torch.int64)
-        f = frames[0]
-        for value in torch.unique_consecutive(f):
-            sel = (f == value).nonzero().flatten()
-            out[:, sel] = self.frame(x[:, sel], spatial[:, sel])
+        if frames.shape[0] and torch.equal(frames, frames[:1].expand_as(frames)):
+            f = frames[0]
+            for value in torch.unique_consecutive(f):
+                sel = (f == value).nonzero().flatten()
+                out[:, sel] = self.frame(x[:, sel], spatial[:, sel])
+            return out
+        b_idx = torch.arange(x.shape[0])[:, None]
+        for value in torch.unique(frames):
+            member = frames == value                                  # [B, N]
+            counts = member.sum(1)
+            # Members first, in token order (a stable sort of "not a member").
+            order = torch.sort((~member).to(torch.int8), dim=1, stable=True).indices
+            order = order[:, :int(counts.max())]
+            valid = torch.arange(order.shape[1])[None, :] < counts[:, None]
+            pos = spatial.gather(1, order)
+            y = self.frame(x.gather(1, order[..., None].expand(-1, -1, x.shape[-1])), pos, valid)
+            out[b_idx.expand_as(order)[valid], order[valid]] = y[valid]
         return out
 
 

@@ -37,16 +37,28 @@ __all__ = ["int_matmul", "QLinear", "QLayerNorm", "IntBlock", "IntVidT", "quanti
            "calibrate", "Tokens", "Execution"]
 
 _EXACT = 1 << 53
+_EXACT_FLOAT32 = 1 << 24
+
+
+def _abs_max(t):
+    lo, hi = t.aminmax()
+    return max(-int(lo), int(hi))
 
 
 def int_matmul(a, b):
-    """Exact ``a @ b`` of int64 tensors (float64 BLAS, checked to stay below 2**53)."""
+    """Exact ``a @ b`` of int64 tensors.
+
+    Runs as a float BLAS call: float32 when ``max|a| * max|b| * K`` stays below 2**24 (every
+    partial sum is then an exactly representable integer, whatever the summation order; int8
+    products of the model take this path), float64 below 2**53, an error beyond.
+    """
     if a.dtype != torch.int64 or b.dtype != torch.int64:
         raise TypeError("int_matmul takes int64 tensors, not {} and {}".format(a.dtype, b.dtype))
-    bound = int(a.abs().max()) * int(b.abs().max()) * a.shape[-1] if a.numel() and b.numel() else 0
+    bound = _abs_max(a) * _abs_max(b) * a.shape[-1] if a.numel() and b.numel() else 0
     if bound >= _EXACT:
         raise OverflowError("Integer matmul bound {} exceeds 2**53".format(bound))
-    return (a.to(torch.float64) @ b.to(torch.float64)).to(torch.int64)
+    ftype = torch.float32 if bound < _EXACT_FLOAT32 else torch.float64
+    return (a.to(ftype) @ b.to(ftype)).to(torch.int64)
 
 
 def _to_int(x):
@@ -178,6 +190,10 @@ class Execution:
         """Tokens after ``block`` (token pruning)."""
         return x, tokens
 
+    def trace(self, block, name, **tensors):
+        """Intermediate tensors of ``block``'s ``name`` stage (ignored here; recorded by
+        :class:`golden.export.Recorder` for test vectors)."""
+
     def totals(self):
         dense = sum(c.dense for c in self.macs.values())
         performed = sum(c.performed for c in self.macs.values())
@@ -215,7 +231,10 @@ class IntBlock:
         run.count(index, "av", b * self.heads * n * n * hd, computed * hd)
         scores = int_matmul(q, k.transpose(-2, -1))
         p = qtorch.softmax(scores, keep, self.softmax_mult, self.softmax_shift)
-        o = qtorch.requantize(int_matmul(p, v), self.attn_mult, self.attn_shift, contract.ACT)
+        pv = int_matmul(p, v)
+        o = qtorch.requantize(pv, self.attn_mult, self.attn_shift, contract.ACT)
+        run.trace(index, "attention", q=q, k=k, v=v, keep=keep, scores=scores, probs=p, pv=pv,
+                  out=o)
         return o.transpose(1, 2).reshape(b, n, d), k
 
     def forward(self, x, run, index, tokens):

@@ -79,7 +79,25 @@ def isqrt(v):
     return r
 
 
-_EXP2_LUT = torch.tensor(contract.EXP2_LUT, dtype=torch.int64)
+def _round_shift_(x, shift):
+    """:func:`round_shift` by an int, in place on a fresh int64 tensor ``x``."""
+    if shift > 0:
+        x >>= shift - 1
+        x += 1
+        x >>= 1
+    return x
+
+
+# exp2_neg(t) for every t until it reaches 0 (2**15 >> 16 == 0): one gather per element.
+_EXP2_ZERO_AT = 16 << contract.EXP2_FRAC_BITS
+_EXP2_TABLE = torch.tensor([contract.exp2_neg(t) for t in range(_EXP2_ZERO_AT + 1)],
+                           dtype=torch.int64)
+assert int(_EXP2_TABLE[-1]) == 0
+
+
+def _exp2_neg_(t):
+    """:func:`exp2_neg` of a fresh, non-negative int64 tensor (clamped in place)."""
+    return _EXP2_TABLE[t.clamp_(max=_EXP2_ZERO_AT)]
 
 
 def exp2_neg(t):
@@ -87,8 +105,7 @@ def exp2_neg(t):
     t = _int64(t)
     if (t < 0).any():
         raise ValueError("exp2_neg needs t >= 0")
-    q = (t >> contract.EXP2_FRAC_BITS).clamp_(max=16)        # 2**15 >> 16 == 0
-    return _EXP2_LUT[t & ((1 << contract.EXP2_FRAC_BITS) - 1)] >> q
+    return _exp2_neg_(t.clone())
 
 
 def softmax(scores, kept, mult, shift):
@@ -98,19 +115,26 @@ def softmax(scores, kept, mult, shift):
     with nothing kept give zeros.
     """
     scores = _int64(scores)
+    mult, shift = int(mult), int(shift)
+    if mult < 0 or shift < 0:
+        raise ValueError("Softmax scaling needs mult, shift >= 0")
+    # In-place steps on fresh tensors: the score matrices are the largest tensors of the model.
     if kept is None:
-        top = scores.amax(-1, keepdim=True)
-        e = exp2_neg(round_shift((top - scores) * mult, shift))
+        dist = scores.amax(-1, keepdim=True) - scores
     else:
-        kept = torch.as_tensor(kept, dtype=torch.bool).expand_as(scores)
+        dropped = ~torch.as_tensor(kept, dtype=torch.bool).expand_as(scores)
         low = torch.iinfo(torch.int64).min
-        top = scores.masked_fill(~kept, low).amax(-1, keepdim=True)
-        dist = (top - scores).masked_fill(~kept, 0)
-        e = exp2_neg(round_shift(dist * mult, shift)).masked_fill_(~kept, 0)
+        top = scores.masked_fill(dropped, low).amax(-1, keepdim=True)
+        dist = (top - scores).masked_fill_(dropped, 0)
+    dist *= mult
+    e = _exp2_neg_(_round_shift_(dist, shift))
+    if kept is not None:
+        e.masked_fill_(dropped, 0)
     total = e.sum(-1, keepdim=True)
     recip = torch.div(1 << contract.SOFTMAX_RECIP_BITS, total.clamp(min=1), rounding_mode="floor")
     # A row with nothing kept has e == 0 everywhere, so its probabilities are 0 as well.
-    return round_shift(e * recip, contract.SOFTMAX_RECIP_BITS - contract.PROB_FRAC_BITS).clamp_(
+    e *= recip
+    return _round_shift_(e, contract.SOFTMAX_RECIP_BITS - contract.PROB_FRAC_BITS).clamp_(
         contract.PROB.min, contract.PROB.max)
 
 
@@ -128,6 +152,8 @@ def layernorm(x, gamma, beta, mult, shift, out=contract.ACT):
 def gelu(x, table):
     """Apply a GELU table (:func:`golden.contract.gelu_table`) to int8 values."""
     x = _int64(x)
-    if ((x < contract.ACT.min) | (x > contract.ACT.max)).any():
-        raise ValueError("GELU table input outside int8")
+    if x.numel():
+        lo, hi = x.aminmax()
+        if int(lo) < contract.ACT.min or int(hi) > contract.ACT.max:
+            raise ValueError("GELU table input outside int8")
     return torch.as_tensor(table, dtype=torch.int64)[x - contract.ACT.min]

@@ -76,7 +76,7 @@ class SubvectorAttention:
         self.v, self.rho, self.granularity = v, rho, granularity
         self.blocks = None if blocks is None else set(blocks)
 
-    def _predict(self, q, k):
+    def predict(self, q, k):
         """Predicted unit scores ``[B, H, query units, key units]``, unit sizes, MACs."""
         b, h, n, hd = q.shape
         v = self.v
@@ -97,7 +97,7 @@ class SubvectorAttention:
         if self.blocks is not None and block not in self.blocks:
             return None, 0
         n = q.shape[-2]
-        pred, (gq, gk), macs = self._predict(q, k)
+        pred, (gq, gk), macs = self.predict(q, k)
         units = pred.shape[-1]
         kept = min(units, max(1, math.ceil(self.rho * units)))
         # Stable descending order: ties go to the lower key unit.

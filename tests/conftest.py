@@ -3,6 +3,10 @@
 import pytest
 import torch
 
+# pytest-xdist already runs one worker per core; intra-op threads on top of that oversubscribe
+# the cores and make torch's OpenMP kernels spin (seen: 15x slower on 2 cores).
+torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def small_int_model():

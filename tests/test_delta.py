@@ -115,3 +115,26 @@ def test_model_with_delta_projections(small_int_model):
     for name in ("qkv", "proj", "fc1", "fc2"):
         c = sparse.macs[(1, name)]
         assert c.dense_tokens == 4 * qmodel.cfg.n_s and c.performed < c.dense
+
+
+def test_delta_after_token_pruning_with_ragged_frames(small_int_model):
+    # After STA stage 2 the clips of a batch keep different numbers of tokens per frame; the
+    # delta projections must still be exact at tau = 0, clip by clip and batched.
+    from golden.sta import STAPruner
+    _, qmodel, clips = small_int_model
+    clips = clips[:4]
+    cfg = qmodel.cfg
+
+    def pruner():
+        return STAPruner(cfg.n_t, cfg.n_s, 12, cfg.depth)
+    ref = qmodel(clips, SparseExecution(cfg.n_s, pruner=pruner()))
+    run = SparseExecution(cfg.n_s, tau=0, pruner=pruner())
+    assert torch.equal(qmodel(clips, run), ref)
+    frames = run.pruner.frames
+    per_frame = torch.stack([(frames == f).sum(1) for f in range(cfg.n_t)], 1)
+    assert not torch.equal(per_frame, per_frame[:1].expand_as(per_frame)), "frames not ragged"
+    one_by_one = torch.cat([qmodel(clips[i:i + 1], SparseExecution(cfg.n_s, tau=2,
+                                                                   pruner=pruner()))
+                            for i in range(4)])
+    assert torch.equal(qmodel(clips, SparseExecution(cfg.n_s, tau=2, pruner=pruner())),
+                       one_by_one)
