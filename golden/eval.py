@@ -93,10 +93,10 @@ DENSE_INT8 = Point("dense int8", "dense")
 #: The bounded default run: every technique alone, every granularity, combined points.
 DEFAULT_POINTS = (
     DENSE_INT8,
-    _delta(2), _delta(4),
-    _sta(12), _sta(20),
+    _delta(4),
+    _sta(8), _sta(12),
     _attn(0.5), _attn(0.5, "block"), _attn(0.5, "element"),
-    _combined(2, 12, 0.5), _combined(4, 20, 0.5),
+    _combined(4, 8, 0.5), _combined(8, 12, 0.5),
 )
 
 
@@ -106,7 +106,8 @@ def full_points():
     points += [_delta(t) for t in (0, 1, 2, 3, 4, 6, 8, 12)]
     points += [_sta(r) for r in (4, 8, 12, 16, 20, 24)]
     points += [_attn(rho, g) for g in GRANULARITIES for rho in (0.75, 0.5, 0.25, 0.125)]
-    points += [_combined(t, r, rho) for t in (2, 4) for r in (12, 20) for rho in (0.5, 0.25)]
+    points += [_combined(t, r, rho) for t in (2, 4, 8) for r in (8, 12)
+               for rho in (0.5, 0.375)]
     return points
 
 
