@@ -8,7 +8,7 @@ sequence of input transactions to the sequence of output transactions the block 
 from golden import contract
 
 __all__ = ["ROUTES", "pe_array_reference", "bitmap_decode_reference",
-           "subvector_decode_reference", "bitmap_token_streams"]
+           "subvector_decode_reference", "bitmap_token_streams", "delta_encode_reference"]
 
 #: Operand routes of the PE array, by value (mirrors :class:`hw.pe_array.Route`).
 ROUTES = {"SHARED_SCALAR": 0, "SHARED_VECTOR": 1, "PER_ROW": 2}
@@ -116,3 +116,65 @@ def subvector_decode_reference(config, matrices):
                 item["last"] = item["col_last"] and j == len(columns) - 1
             items += col_items
     return items
+
+
+def delta_encode_reference(config, tokens, *, tau, delta_enable=True):
+    """Streams of the hardware delta encoder (:class:`hw.delta_encoder.DeltaEncoder`).
+
+    References start empty; per position they follow :class:`golden.delta.DeltaLinear`: a
+    token with a reference (and ``delta_enable``) sends ``delta~`` (``|x - r| > tau``) and
+    moves ``r`` by it; any other token is dense and becomes the reference. A dense token sends
+    its nonzero elements (a delta from a zero reference), or with ``delta_enable`` false (the
+    dense baseline) every element, zeros included.
+
+    Parameters
+    ----------
+    config : :class:`hw.config.RTSAConfig`
+    tokens : iterable of (int, sequence of int)
+        ``(position, x)`` in processing order; ``x`` is int8 and ``len(x)`` a multiple of
+        ``bitmap_word``, the same for every token of a position.
+    tau : int
+        Delta threshold, ``0 .. 255``.
+    delta_enable : bool
+
+    Returns
+    -------
+    list of dict
+        Per token: ``delta`` (what is sent, zeros elsewhere: ``delta~``, or ``x`` for a dense
+        token), ``dense``, ``map`` (``{"word", "last"}`` beats) and ``val``
+        (``{"values", "last"}`` beats).
+    """
+    e, k = config.bitmap_word, config.decode_width
+    if not isinstance(tau, int) or isinstance(tau, bool) or not 0 <= tau <= 255:
+        raise ValueError("tau must be an integer in [0, 255], not {!r}".format(tau))
+    refs = {}
+    out = []
+    for position, x in tokens:
+        if not isinstance(position, int) or not 0 <= position < config.max_positions:
+            raise ValueError("Token position must be an integer in [0, {}), not {!r}"
+                             .format(config.max_positions, position))
+        x = [contract.ACT.check(v, "token element") for v in x]
+        if not x or len(x) % e or len(x) > config.max_reduction:
+            raise ValueError("Token length must be a positive multiple of {} up to {}, not {}"
+                             .format(e, config.max_reduction, len(x)))
+        ref = refs.get(position)
+        if ref is not None and len(ref) != len(x):
+            raise ValueError("Token of length {} at position {!r}, whose reference has {}"
+                             .format(len(x), position, len(ref)))
+        if delta_enable and ref is not None:
+            dense = False
+            delta = [v - r if abs(v - r) > tau else 0 for v, r in zip(x, ref)]
+            refs[position] = [r + d for r, d in zip(ref, delta)]
+        else:
+            dense = True
+            delta = list(x)
+            refs[position] = list(x)
+        if delta_enable:
+            maps, vals = bitmap_token_streams(config, delta)
+        else:
+            words = contract.pack_bitmap([True] * len(x), e)
+            beats = contract.pack_values(x, k)
+            maps = [{"word": w, "last": i == len(words) - 1} for i, w in enumerate(words)]
+            vals = [{"values": v, "last": i == len(beats) - 1} for i, v in enumerate(beats)]
+        out.append({"delta": delta, "dense": dense, "map": maps, "val": vals})
+    return out

@@ -53,7 +53,7 @@ from golden import contract, qtorch
 from golden.sparse import DELTA_LAYERS, SparseExecution
 from golden.subvector import SubvectorAttention, column_masks
 
-__all__ = ["Recorder", "export", "load", "LINEAR_ARRAYS", "ATTENTION_ARRAYS"]
+__all__ = ["Recorder", "export", "load", "linear_vectors", "LINEAR_ARRAYS", "ATTENTION_ARRAYS"]
 
 LINEAR_ARRAYS = ("x", "frame", "spatial", "dense", "delta", "bitmap", "base", "acc", "out",
                  "weight", "bias", "mult", "shift")
@@ -81,6 +81,19 @@ class Recorder(SparseExecution):
     def trace(self, block, name, **tensors):
         if block == self.block and name == "attention":
             self.attention_trace = {k: None if t is None else t[0] for k, t in tensors.items()}
+
+
+def linear_vectors(layer, x, frame, spatial, n_s, tau=None):
+    """Vectors (:data:`LINEAR_ARRAYS`) of one linear layer run on the tokens ``x`` ``[N, in]``
+    of one clip (frame-major, each position at most once per frame) at delta threshold
+    ``tau`` (``None``: every token dense)."""
+    from golden.delta import DeltaLinear
+    if tau is None:
+        acc = layer.accumulate(x)
+    else:
+        acc = DeltaLinear(layer, tau, n_s)(x[None], frame[None], spatial[None])[0]
+    return _replay_linear(dict(layer=layer, x=x, frame=frame, spatial=spatial, acc=acc),
+                          tau or 0, n_s, tau is not None)
 
 
 def _replay_linear(rec, tau, n_s, delta_on):
@@ -171,7 +184,7 @@ def export(qmodel, clip, block, out: Path, *, tau=None, rho=1.0, v=8, r=0,
     blk = qmodel.blocks[block]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    manifest = dict(block=block, tau=tau, rho=rho, v=v, r=r, heads=cfg.heads,
+    manifest = dict(block=block, tau=tau, rho=rho, v=v, r=r, n_s=cfg.n_s, heads=cfg.heads,
                     head_dim=cfg.head_dim, logits=logits[0].tolist(), layers={}, **(extra or {}))
     for name in layers:
         if name == "attention":

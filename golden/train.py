@@ -2,7 +2,7 @@
 
 Usage (the benchmark checkpoint)::
 
-    python -m golden.train --out golden/weights/vidt_bench.pt --seed 0
+    python -m golden.train --out golden/weights/vidt_bench.pt --seed 0 --epochs 14
 
 Writes ``OUT`` (a float32 ``state_dict`` of :class:`golden.vidt.VidT`) and ``OUT`` with a
 ``.json`` suffix: model and data-set configs, seeds, the command line, per-epoch history, final
@@ -169,7 +169,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--val-clips", type=int, default=1000, help="held-out clips (>= 1000)")
     p.add_argument("--train-eval-clips", type=int, default=1000,
                    help="training clips re-evaluated for the final train top-1")
-    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--epochs", type=int, default=14)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     p.add_argument("--warmup-epochs", type=float, default=0.5)

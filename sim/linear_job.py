@@ -1,0 +1,114 @@
+"""One run of the linear engine, described independently of the simulator.
+
+A :class:`LinearJob` holds everything a testbench sends to :class:`hw.linear_engine.LinearEngine`
+(register writes, weight and channel-constant load beats, token beats) and everything it must
+get back (output beats, and the exact values of the MAC counter), computed by the golden model
+(:func:`golden.export.linear_vectors`). The Amaranth unit tests and the cocotb co-simulation
+both run jobs, so both check the same thing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from golden import contract
+from golden.export import linear_vectors
+from golden.intvidt import QLinear
+from hw.linear_engine import Reg, channel_words, weight_words
+
+__all__ = ["LinearJob", "job_from_layer", "job_from_vectors"]
+
+
+@dataclass
+class LinearJob:
+    """A linear-engine run and its golden expectation.
+
+    Attributes
+    ----------
+    registers : list of (Reg, int)
+        Writes before the start pulse (shape, threshold, mode).
+    weights, channels : list of dict
+        ``w_load`` and ``c_load`` beats.
+    tokens : list of dict
+        ``i`` beats (``data``, ``position``, ``last``).
+    expected : list of dict
+        ``o`` beats (``data``, ``last``).
+    mac_lanes : int
+        Performed MACs (sent elements x ``d_out``): the exact expected ``MAC_LANES`` counter.
+    pairs : int
+        Sent elements summed over tokens and chunks: the expected ``PAIRS`` counter.
+    """
+    name: str
+    config: object
+    registers: list
+    weights: list
+    channels: list
+    tokens: list
+    expected: list
+    n_tokens: int
+    mac_lanes: int
+    pairs: int
+
+    @property
+    def ideal_cycles(self):
+        return self.mac_lanes / self.config.macs_per_cycle
+
+
+def _token_beats(config, x, spatial):
+    e = config.bitmap_word
+    beats = []
+    for t in range(x.shape[0]):
+        row = [int(v) for v in x[t]]
+        words = len(row) // e
+        for w in range(words):
+            beats.append({"data": row[w * e:(w + 1) * e], "position": int(spatial[t]),
+                          "last": w == words - 1})
+    return beats
+
+
+def job_from_layer(config, layer, x, frame, spatial, n_s, *, tau, delta_enable=True,
+                   name="layer"):
+    """A job for the integer linear layer ``layer`` (:class:`golden.intvidt.QLinear`) on
+    tokens ``x`` ``[N, in]`` with their frames and positions.
+
+    ``delta_enable=False`` is the dense baseline: every token dense, every element sent.
+    """
+    x, frame, spatial = (torch.as_tensor(a, dtype=torch.int64) for a in (x, frame, spatial))
+    d_out, d_in = layer.weight.shape
+    if d_in % config.bitmap_word or d_out % config.lanes:
+        raise ValueError("Layer {}x{} does not fit bitmap_word {} / lanes {}"
+                         .format(d_out, d_in, config.bitmap_word, config.lanes))
+    vec = linear_vectors(layer, x, frame, spatial, n_s, tau if delta_enable else None)
+    chunks = -(-d_out // config.macs_per_cycle)
+    if delta_enable:
+        sent = int(vec["bitmap"].sum())
+    else:
+        sent = x.shape[0] * d_in              # the dense baseline sends zeros too
+    out = vec["out"]
+    V = config.lanes
+    expected = [{"data": [int(v) for v in out[t, s:s + V]], "last": s + V == d_out}
+                for t in range(out.shape[0]) for s in range(0, d_out, V)]
+    wide = layer.out_fmt.bits > 8
+    if layer.out_fmt not in (contract.ACT, contract.RESID):
+        raise ValueError("The engine outputs int8 or int16, not {}".format(layer.out_fmt))
+    registers = [(Reg.D_IN, d_in), (Reg.D_OUT, d_out), (Reg.TOKENS, x.shape[0]),
+                 (Reg.TAU, 0 if tau is None else tau), (Reg.MODE, int(delta_enable) | wide << 1)]
+    return LinearJob(
+        name=name, config=config, registers=registers,
+        weights=weight_words(config, layer.weight.tolist()),
+        channels=channel_words(config, layer.bias.tolist(), layer.mult.tolist(),
+                               layer.shift.tolist()),
+        tokens=_token_beats(config, x, spatial), expected=expected, n_tokens=x.shape[0],
+        mac_lanes=sent * d_out, pairs=sent * chunks)
+
+
+def job_from_vectors(config, arrays, n_s, *, tau, out_bits, delta_enable=True, name="layer"):
+    """A job from exported vectors (:func:`golden.export.load`)."""
+    fmt = contract.RESID if out_bits == 16 else contract.ACT
+    t = {k: torch.as_tensor(arrays[k], dtype=torch.int64)
+         for k in ("weight", "bias", "mult", "shift", "x", "frame", "spatial")}
+    layer = QLinear(t["weight"], t["bias"], t["mult"], t["shift"], fmt)
+    return job_from_layer(config, layer, t["x"], t["frame"], t["spatial"], n_s, tau=tau,
+                          delta_enable=delta_enable, name=name)
