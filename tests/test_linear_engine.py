@@ -1,6 +1,7 @@
 """Linear engine under Amaranth's simulator: delta projections bit-exact with the golden model."""
 
 import random
+from dataclasses import replace
 
 import pytest
 import torch
@@ -138,3 +139,122 @@ def test_few_values_in_the_first_of_many_words(stall):
     res = run_job(job, seed, stall, timeout=2_000)
     check_equal(res["out"], job.expected, what="linear engine output", seed=seed)
     assert res["PAIRS"] == job.pairs and res["TOKENS_OUT"] == job.n_tokens
+
+
+# ---- malformed configuration and input: error flags, never a hang -------------------------
+
+def _small_job(seed, *, d_in_words=2, n_t=2, n_s=2, tau=2, layer=None):
+    cfg = CONFIGS["r2v4k2"]
+    rng = random.Random(seed)
+    d_in = d_in_words * cfg.bitmap_word
+    layer = layer or random_layer(rng, cfg.lanes * cfg.rows, d_in)
+    x, frame, spatial = random_tokens(rng, n_t=n_t, n_s=n_s, d_in=d_in, change=0.5)
+    return job_from_layer(cfg, layer, x, frame, spatial, n_s, tau=tau)
+
+
+def _token_slices(job):
+    """(first, last) beat index of each token of ``job.tokens``."""
+    spans, first = [], 0
+    for n, beat in enumerate(job.tokens):
+        if beat["last"]:
+            spans.append((first, n))
+            first = n + 1
+    return spans
+
+
+@pytest.mark.parametrize("reg,value", [
+    (Reg.D_IN, 0), (Reg.D_IN, 12), (Reg.D_IN, 1 << 20), (Reg.D_OUT, 0), (Reg.D_OUT, 6),
+    (Reg.D_OUT, 1 << 20)])
+def test_bad_shape_raises_config_error_and_does_not_start(reg, value):
+    cfg = CONFIGS["r2v4k2"]
+    dut = LinearEngine(cfg)
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    seen = {}
+
+    async def bench(ctx):
+        for r, v in ((Reg.D_IN, 16), (Reg.D_OUT, 8), (Reg.TOKENS, 1)):
+            await csr_write(ctx, dut, r, v)
+        await csr_write(ctx, dut, reg, value)
+        await csr_write(ctx, dut, Reg.CTRL, Ctrl.START)
+        seen["after_start"] = await csr_read(ctx, dut, Reg.STATUS)
+        seen["i_ready"] = ctx.get(dut.i.ready)
+        await csr_write(ctx, dut, Reg.CTRL, Ctrl.CLEAR_ERROR)
+        seen["after_clear"] = await csr_read(ctx, dut, Reg.STATUS)
+
+    sim.add_testbench(bench)
+    sim.run_until(1e-5)
+    status = seen["after_start"]
+    assert status & Status.ERR_CONFIG and status & Status.ERROR, hex(status)
+    assert not status & (Status.RUNNING | Status.DONE), hex(status)
+    assert not seen["i_ready"], "a refused run must not take tokens"
+    assert seen["after_clear"] == 0, hex(seen["after_clear"])
+
+
+def test_weights_too_large_for_the_buffer_raise_config_error():
+    cfg = CONFIGS["r2v4k2"]
+    # chunks * d_in weight words per row must fit weight_depth / rows.
+    d_out = cfg.max_reduction // cfg.lanes * cfg.lanes
+    chunks = -(-d_out // (cfg.rows * cfg.lanes))
+    assert chunks * cfg.max_reduction > cfg.weight_depth // cfg.rows
+    dut = LinearEngine(cfg)
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    seen = {}
+
+    async def bench(ctx):
+        for r, v in ((Reg.D_IN, cfg.max_reduction), (Reg.D_OUT, d_out), (Reg.TOKENS, 1),
+                     (Reg.CTRL, Ctrl.START)):
+            await csr_write(ctx, dut, r, v)
+        seen["status"] = await csr_read(ctx, dut, Reg.STATUS)
+
+    sim.add_testbench(bench)
+    sim.run_until(1e-6)
+    assert seen["status"] & Status.ERR_CONFIG and not seen["status"] & Status.RUNNING
+
+
+@pytest.mark.parametrize("kind", ["short", "long"])
+def test_wrong_token_length_raises_token_error_and_resynchronises(kind):
+    """A token one beat short (``last`` early) or one beat long (no ``last`` on beat
+    ``d_in / bitmap_word``): ERR_TOKEN, the run still finishes with one output token per input
+    token, and the tokens at other positions stay bit-exact."""
+    seed = SEED + (201 if kind == "short" else 202)
+    job = _small_job(seed)
+    spans = _token_slices(job)
+    beats = [dict(b) for b in job.tokens]
+    bad = 2                                    # frame 1, position 0
+    first, last = spans[bad]
+    if kind == "short":
+        del beats[last]
+        beats[last - 1]["last"] = 1
+    else:
+        extra = dict(beats[last])
+        beats[last]["last"] = 0
+        beats.insert(last + 1, extra)
+    per_tok = len(job.expected) // job.n_tokens
+    good = [t for t in range(job.n_tokens) if t != bad]
+    bad_job = replace(job, tokens=beats)
+    res = run_job(bad_job, seed, 0.3, timeout=5_000)
+    assert len(res["out"]) == len(job.expected)
+    for t in good:
+        check_equal(res["out"][t * per_tok:(t + 1) * per_tok],
+                    job.expected[t * per_tok:(t + 1) * per_tok],
+                    what="token {} after a {} token".format(t, kind), seed=seed)
+    assert res["status"] & Status.ERR_TOKEN and res["status"] & Status.DONE, hex(res["status"])
+    assert res["TOKENS_OUT"] == job.n_tokens
+
+
+def test_accumulator_overflow_raises_overflow_error():
+    """y = bias + acc beyond the accumulator format: ERR_OVERFLOW, and the run finishes."""
+    cfg = CONFIGS["r2v4k2"]
+    seed = SEED + 301
+    d_in, d_out = 2 * cfg.bitmap_word, cfg.lanes * cfg.rows
+    top = (1 << (cfg.acc_format.bits - 1)) - 1
+    layer = QLinear(torch.full((d_out, d_in), 127), torch.full((d_out,), top),
+                    torch.full((d_out,), 1 << 14), torch.full((d_out,), 24), contract.ACT)
+    job = job_from_layer(cfg, layer, torch.full((1, d_in), 100), torch.tensor([0]),
+                         torch.tensor([0]), 1, tau=2)
+    res = run_job(job, seed, 0.0, timeout=5_000)
+    assert len(res["out"]) == len(job.expected), "the token's rows still leave"
+    assert res["status"] & Status.ERR_OVERFLOW and res["status"] & Status.DONE, \
+        hex(res["status"])
