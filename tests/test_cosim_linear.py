@@ -39,5 +39,5 @@ def test_linear_engine_on_benchmark_tensors(simulator):
 def test_linear_engine_dense_baseline(simulator):
     d = benchmark_vectors(0, 0, tau=TAU)
     run_cocotb("linear_engine", preset("vidt"), simulator, "sim.tb_linear_engine", seed=4,
-               env={"RTSA_VECTORS": str(d), "RTSA_LAYERS": "proj", "RTSA_TOKENS": str(N_S),
+               env={"RTSA_VECTORS": str(d), "RTSA_LAYERS": "proj", "RTSA_TOKENS": str(2 * N_S),
                     "RTSA_MODES": "dense", "RTSA_STALL": "0.2", "RTSA_SEED": "4"})
