@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from golden import contract, qtorch
+from golden import contract
 from golden.sparse import DELTA_LAYERS, SparseExecution
 from golden.subvector import SubvectorAttention, column_masks
 

@@ -251,7 +251,6 @@ class LinearEngine(wiring.Component):
                          depth=w_depth, init=[])
             m.submodules[f"weights_{r}"] = mem
             w_mems.append(mem)
-        w_ptr = Signal(range(w_depth * R + 1))
         w_row = Signal(range(R))
         w_addr = Signal(range(w_depth + 1))
         m.d.comb += self.w_load.ready.eq(~running)
