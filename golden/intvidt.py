@@ -33,7 +33,7 @@ import torch
 from golden import contract, qtorch
 from golden.vidt import VidT, tubelets
 
-__all__ = ["int_matmul", "QLinear", "QLayerNorm", "IntBlock", "IntVidT", "quantize_vidt",
+__all__ = ["int_matmul", "attention_core", "QLinear", "QLayerNorm", "IntBlock", "IntVidT", "quantize_vidt",
            "calibrate", "Tokens", "Execution"]
 
 _EXACT = 1 << 53
@@ -200,6 +200,16 @@ class Execution:
         return dense, performed
 
 
+def attention_core(q, k, v, keep, softmax_mult, softmax_shift, attn_mult, attn_shift):
+    """Integer attention of one or more heads (``q``, ``k``, ``v`` ``[..., N, hd]`` int8):
+    ``S = q k^T``, ``P = softmax(S)`` over the ``keep`` entries (``None``: all), ``pv = P v``,
+    ``out = requantize(pv)``. Returns ``(S, P, pv, out)``; what the attention engine computes."""
+    scores = int_matmul(q, k.transpose(-2, -1))
+    p = qtorch.softmax(scores, keep, softmax_mult, softmax_shift)
+    pv = int_matmul(p, v)
+    return scores, p, pv, qtorch.requantize(pv, attn_mult, attn_shift, contract.ACT)
+
+
 @dataclass
 class IntBlock:
     """One integer transformer block (see the module docstring)."""
@@ -229,10 +239,8 @@ class IntBlock:
         computed = b * self.heads * n * n if keep is None else int(keep.sum())
         run.count(index, "qk", b * self.heads * n * n * hd, computed * hd)
         run.count(index, "av", b * self.heads * n * n * hd, computed * hd)
-        scores = int_matmul(q, k.transpose(-2, -1))
-        p = qtorch.softmax(scores, keep, self.softmax_mult, self.softmax_shift)
-        pv = int_matmul(p, v)
-        o = qtorch.requantize(pv, self.attn_mult, self.attn_shift, contract.ACT)
+        scores, p, pv, o = attention_core(q, k, v, keep, self.softmax_mult, self.softmax_shift,
+                                          self.attn_mult, self.attn_shift)
         run.trace(index, "attention", q=q, k=k, v=v, keep=keep, scores=scores, probs=p, pv=pv,
                   out=o)
         return o.transpose(1, 2).reshape(b, n, d), k

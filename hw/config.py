@@ -114,6 +114,12 @@ class RTSAConfig:
         return max(1, contract.ceil_log2(self.max_reduction))
 
     @property
+    def head_dim(self):
+        """Attention head dimension of the attention engine's buffers: ``max_d / max_heads``
+        (a layer with fewer heads uses ``heads * head_dim`` channels)."""
+        return self.max_d // self.max_heads
+
+    @property
     def max_blocks(self):
         """Sub-vectors (row blocks of ``lanes`` queries) per attention column."""
         return -(-self.max_tokens // self.lanes)

@@ -31,10 +31,10 @@ from hw import arith
 from hw.bitmap_decoder import BitmapDecoder
 from hw.delta_encoder import DeltaEncoder, token_layout
 from hw.packing import pack_layout
-from hw.pe_array import PEArray, Route
+from hw.pe_array import Route, pe_ports, use_pe
 
 __all__ = ["Reg", "REGISTERS", "Ctrl", "Status", "LinearEngine", "weight_words",
-           "channel_words", "engine_limits"]
+           "channel_words", "engine_limits", "linear_output_layout"]
 
 
 class Reg(py_enum.IntEnum):
@@ -108,6 +108,11 @@ def _log2(n):
     return n.bit_length() - 1
 
 
+def linear_output_layout(config):
+    """One output beat: ``lanes`` consecutive channels of a token, ``last`` on its final beat."""
+    return data.StructLayout({"data": data.ArrayLayout(signed(16), config.lanes), "last": 1})
+
+
 class LinearEngine(wiring.Component):
     """Sparse (delta) linear projection on the shared PE array.
 
@@ -115,6 +120,9 @@ class LinearEngine(wiring.Component):
     ----------
     config : :class:`hw.config.RTSAConfig`
         ``rows`` must be a power of two (chunk arithmetic is a shift).
+    external_pe : bool
+        Drive a PE array outside the engine through ``pe_i``/``pe_o`` (:func:`pe_ports`)
+        instead of an array of its own.
 
     Attributes
     ----------
@@ -130,17 +138,18 @@ class LinearEngine(wiring.Component):
         register at ``csr_addr`` one cycle later.
     """
 
-    def __init__(self, config):
+    def __init__(self, config, *, external_pe=False):
         R, V = config.rows, config.lanes
         if R & (R - 1):
             raise ValueError("LinearEngine needs a power-of-two number of rows, not {!r}"
                              .format(R))
         self._config = config
+        self._external_pe = external_pe
         acc = arith.shape_of(config.acc_format)
         super().__init__({
+            **(pe_ports(config) if external_pe else {}),
             "i": In(stream.Signature(token_layout(config))),
-            "o": Out(stream.Signature(data.StructLayout({
-                "data": data.ArrayLayout(signed(16), V), "last": 1}))),
+            "o": Out(stream.Signature(linear_output_layout(config))),
             "w_load": In(stream.Signature(data.StructLayout({
                 "data": data.ArrayLayout(arith.shape_of(contract.WEIGHT), V)}))),
             "c_load": In(stream.Signature(data.StructLayout({
@@ -170,7 +179,7 @@ class LinearEngine(wiring.Component):
 
         m.submodules.encoder = enc = DeltaEncoder(cfg)
         m.submodules.decoder = dec = BitmapDecoder(cfg)
-        m.submodules.pe = pe = PEArray(cfg)
+        pe = use_pe(m, self, cfg, self._external_pe)
 
         # ---- registers ----------------------------------------------------------------
         d_in = Signal(range(max_d + 1))

@@ -21,6 +21,8 @@ product register, output register. Back-pressure on ``o`` stalls the input only 
 accumulation finishes before the bank has drained.
 """
 
+from types import SimpleNamespace
+
 from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -28,7 +30,7 @@ from amaranth.lib.wiring import In, Out
 from golden import contract
 from hw import arith
 
-__all__ = ["Route", "pe_input_layout", "pe_output_layout", "PEArray"]
+__all__ = ["Route", "pe_input_layout", "pe_output_layout", "PEArray", "pe_ports", "use_pe"]
 
 
 class Route(enum.Enum, shape=2):
@@ -212,3 +214,20 @@ class PEArray(wiring.Component):
                              self.o.payload.overflow.eq(row_ovf)]
                 m.d.sync += [self.o.payload.data[l].eq(assembled[l]) for l in range(V)]
         return m
+
+
+def pe_ports(config):
+    """Signature members of an engine that drives a PE array outside itself (the run-through
+    datapath shares one array between the engines)."""
+    return {"pe_i": Out(stream.Signature(pe_input_layout(config))),
+            "pe_o": In(stream.Signature(pe_output_layout(config)))}
+
+
+def use_pe(m, engine, config, external):
+    """The PE array an engine drives: a :class:`PEArray` of its own (added to ``m``), or, when
+    ``external``, its ``pe_i``/``pe_o`` ports. Either way the result has the array's ``i`` and
+    ``o`` streams."""
+    if external:
+        return SimpleNamespace(i=engine.pe_i, o=engine.pe_o)
+    m.submodules.pe = pe = PEArray(config)
+    return pe

@@ -10,17 +10,36 @@ every column and head reaches the consumer.
 
 A head with more than ``max_tokens`` columns sets the sticky ``error`` flag; its surplus columns
 are dropped up to the beat marked ``last``, which still closes the head.
+
+``order="block"`` is the transposed format, the one the attention engine schedules by (one query
+block's softmax rows need all of its kept columns together): one beat per query row block, the
+bitmask of its kept key columns (bit ``j``), ``last`` on the head's final block. Items are then
+block-major and column-ascending; ``col_last`` marks a block's final item (in general: the last
+item of its input beat), and more than ``max_blocks`` beats per head set ``error``.
 """
 
 from amaranth.hdl import Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["subvector_mask_layout", "subvector_item_layout", "SubvectorDecoder"]
+__all__ = ["ORDERS", "subvector_mask_layout", "subvector_item_layout", "SubvectorDecoder"]
+
+#: Mask formats: ``column`` (a beat per key column, bits = query blocks) and ``block`` (a beat
+#: per query block, bits = key columns).
+ORDERS = ("column", "block")
 
 
-def subvector_mask_layout(config):
-    return data.StructLayout({"mask": unsigned(config.max_blocks), "last": 1})
+def _geometry(config, order):
+    """(bits of a mask beat, beats per head) of a mask format."""
+    if order not in ORDERS:
+        raise ValueError("Mask order must be one of {}, not {!r}".format(", ".join(ORDERS), order))
+    if order == "column":
+        return config.max_blocks, config.max_tokens
+    return config.max_tokens, config.max_blocks
+
+
+def subvector_mask_layout(config, order="column"):
+    return data.StructLayout({"mask": unsigned(_geometry(config, order)[0]), "last": 1})
 
 
 def subvector_item_layout(config):
@@ -39,19 +58,23 @@ class SubvectorDecoder(wiring.Component):
     Parameters
     ----------
     config : :class:`hw.config.RTSAConfig`
+    order : {"column", "block"}
+        Mask format (see the module docstring).
 
     Attributes
     ----------
-    i : ``In(stream.Signature(subvector_mask_layout(config)))``
+    i : ``In(stream.Signature(subvector_mask_layout(config, order)))``
     o : ``Out(stream.Signature(subvector_item_layout(config)))``
     error : ``Out(1)``
-        Sticky: a head had more than ``max_tokens`` columns.
+        Sticky: a head had more beats than its format allows.
     """
 
-    def __init__(self, config):
+    def __init__(self, config, *, order="column"):
         self._config = config
+        self._order = order
+        _geometry(config, order)
         super().__init__({
-            "i": In(stream.Signature(subvector_mask_layout(config))),
+            "i": In(stream.Signature(subvector_mask_layout(config, order))),
             "o": Out(stream.Signature(subvector_item_layout(config))),
             "error": Out(1),
         })
@@ -59,13 +82,16 @@ class SubvectorDecoder(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg = self._config
-        nb = cfg.max_blocks
+        nb, lines = _geometry(cfg, self._order)
         o = self.o
+        # ``cur_col`` numbers the input beats, ``block`` the set bits (names of column order).
+        beat_field, bit_field = (("column", "block") if self._order == "column"
+                                 else ("block", "column"))
 
         cur_valid, cur_last, cur_fresh, cur_drop = Signal(), Signal(), Signal(), Signal()
         cur_mask = Signal(nb)
-        cur_col = Signal(range(cfg.max_tokens))
-        next_col = Signal(range(cfg.max_tokens + 1))
+        cur_col = Signal(range(lines))
+        next_col = Signal(range(lines + 1))
 
         block = Signal(range(nb))
         for b in reversed(range(nb)):
@@ -88,8 +114,8 @@ class SubvectorDecoder(wiring.Component):
             m.d.sync += o.valid.eq(0)
         with m.If(emit):
             empty = cur_drop | (cur_fresh & (cur_mask == 0))
-            m.d.sync += [o.valid.eq(1), o.payload.column.eq(cur_col),
-                         o.payload.block.eq(Mux(empty, 0, block)), o.payload.empty.eq(empty),
+            m.d.sync += [o.valid.eq(1), o.payload[beat_field].eq(cur_col),
+                         o.payload[bit_field].eq(Mux(empty, 0, block)), o.payload.empty.eq(empty),
                          o.payload.col_last.eq(done), o.payload.last.eq(done & cur_last),
                          cur_mask.eq(rem), cur_fresh.eq(0)]
 
@@ -98,10 +124,10 @@ class SubvectorDecoder(wiring.Component):
         with m.If(self.i.ready):
             m.d.sync += cur_valid.eq(self.i.valid)
             with m.If(self.i.valid):
-                overflow = next_col == cfg.max_tokens
+                overflow = next_col == lines
                 m.d.sync += [cur_mask.eq(self.i.payload.mask), cur_last.eq(self.i.payload.last),
                              cur_fresh.eq(1), cur_drop.eq(overflow),
-                             cur_col.eq(Mux(overflow, cfg.max_tokens - 1, next_col)),
+                             cur_col.eq(Mux(overflow, lines - 1, next_col)),
                              next_col.eq(Mux(self.i.payload.last, 0,
                                              Mux(overflow, next_col, next_col + 1)))]
                 with m.If(overflow):

@@ -41,6 +41,8 @@ DESIGNS = {
     "bitmap_decoder": ("hw.bitmap_decoder", "BitmapDecoder"),
     "subvector_decoder": ("hw.subvector_decoder", "SubvectorDecoder"),
     "linear_engine": ("hw.linear_engine", "LinearEngine"),
+    "softmax_unit": ("hw.softmax_unit", "SoftmaxUnit"),
+    "attention_engine": ("hw.attention_engine", "AttentionEngine"),
 }
 
 

@@ -25,16 +25,16 @@ from sim.scoreboard import check_equal
 from sim.streams import StreamSink, StreamSource, start_clock_and_reset
 
 
-async def csr_write(dut, reg, value):
-    dut.csr_addr.value = int(reg)
+async def csr_write(dut, reg, value, base=0):
+    dut.csr_addr.value = base + int(reg)
     dut.csr_w_data.value = int(value)
     dut.csr_w_en.value = 1
     await FallingEdge(dut.clk)
     dut.csr_w_en.value = 0
 
 
-async def csr_read(dut, reg):
-    dut.csr_addr.value = int(reg)
+async def csr_read(dut, reg, base=0):
+    dut.csr_addr.value = base + int(reg)
     await FallingEdge(dut.clk)
     await FallingEdge(dut.clk)
     await ReadOnly()

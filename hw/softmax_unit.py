@@ -1,0 +1,266 @@
+"""Row-block softmax: ``lanes`` integer softmax rows side by side, bit-exact to the contract.
+
+A *row block* is the sequence of input beats up to and including the one with ``last``; lane
+``l`` of all its beats is one softmax row (one query of a sub-vector), so the ``lanes`` rows of
+the block are computed in parallel. Beat ``n`` of the output holds, in lane ``l``, entry ``n`` of
+:func:`golden.contract.softmax_row` of lane ``l``'s scores and kept bits, with the block's
+``mult`` and ``shift``. A lane with no kept entry gives zeros.
+
+A block goes through four phases, one at a time:
+
+1. **Load** (``n`` cycles at full input rate): beats enter a score buffer of ``max_tokens``
+   words while a per-lane running maximum over the kept entries is kept.
+2. **Exponent** (``n`` cycles plus the pipeline): the buffer is read back at one word a cycle;
+   per lane ``t = round_shift((max - s) * mult, shift)`` (registered product), ``e =
+   exp2_neg(t)`` (table on the fraction, shift by the integer part), the per-lane sum of ``e``
+   is accumulated and ``e`` is written back over the score.
+3. **Reciprocal**: ``floor(2**SOFTMAX_RECIP_BITS / sum)`` for every lane at once by a restoring
+   divider, one quotient bit a cycle.
+4. **Output** (``n`` cycles unless the consumer stalls): ``e`` is read back and leaves as
+   ``PROB.saturate(round_shift(e * recip, SOFTMAX_RECIP_BITS - PROB_FRAC_BITS))``. The read
+   pipeline moves only when the output register can take a beat, so back-pressure never drops
+   or repeats one.
+
+The next block is taken once the last output beat of the previous one has left. A block with
+more than ``max_tokens`` beats sets the sticky ``error`` flag; its surplus beats are consumed
+and dropped up to the one with ``last``, which still closes the block (the output then covers
+the first ``max_tokens`` beats).
+"""
+
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from golden import contract
+from hw import arith
+from hw.packing import pack_layout
+
+__all__ = ["softmax_input_layout", "softmax_output_layout", "SoftmaxUnit",
+           "EXP_BITS", "RECIP_QUOTIENT_BITS"]
+
+#: Bits of an ``exp2_neg`` value: the table's largest entry is ``EXP2_ONE`` (``t = 0``). A right
+#: shift by this many bits or more leaves zero, which is the contract's clamp of a huge ``t``.
+EXP_BITS = max(contract.EXP2_LUT).bit_length()
+#: Quotient bits of the reciprocal. A row with a kept entry has ``e = EXP2_LUT[0]`` at its
+#: maximum, so ``sum >= EXP2_LUT[0]`` bounds the quotient (and the divider's iterations).
+RECIP_QUOTIENT_BITS = ((1 << contract.SOFTMAX_RECIP_BITS) // contract.EXP2_LUT[0]).bit_length()
+assert RECIP_QUOTIENT_BITS <= contract.SOFTMAX_RECIP_BITS
+
+
+def softmax_input_layout(config):
+    """Layout of one input beat: entry ``n`` of every lane's row."""
+    return data.StructLayout({
+        "score": data.ArrayLayout(arith.shape_of(config.acc_format), config.lanes),
+        "kept":  unsigned(config.lanes),   # bit l: lane l's entry takes part
+        "last":  1,                        # final beat of a row block
+    })
+
+
+def softmax_output_layout(config):
+    """Layout of one output beat: entry ``n`` of every lane's probabilities."""
+    return data.StructLayout({
+        "prob": data.ArrayLayout(arith.shape_of(contract.PROB), config.lanes),
+        "last": 1,
+    })
+
+
+class _Phase(enum.Enum, shape=2):
+    LOAD = 0
+    EXP = 1
+    DIV = 2
+    OUT = 3
+
+
+class SoftmaxUnit(wiring.Component):
+    """Integer softmax of ``lanes`` rows at once, one row entry per lane and beat.
+
+    Parameters
+    ----------
+    config : :class:`hw.config.RTSAConfig`
+        ``lanes`` (rows per block), ``max_tokens`` (longest row, buffer depth) and the
+        accumulator format of the scores.
+
+    Attributes
+    ----------
+    i : ``In(stream.Signature(softmax_input_layout(config)))``
+        Score beats; a block ends with ``last``.
+    o : ``Out(stream.Signature(softmax_output_layout(config)))``
+        Probability beats, as many as the block had (at most ``max_tokens``), ``last`` on the
+        final one.
+    mult : ``In(arith.shape_of(contract.REQ_MULT))``
+        Exponent multiplier of :func:`golden.contract.softmax_row`, latched at the first beat
+        of a block.
+    shift : ``In(arith.shape_of(contract.REQ_SHIFT))``
+        Exponent shift, latched at the first beat of a block.
+    busy : ``Out(1)``
+        A block is inside the unit.
+    error : ``Out(1)``
+        Sticky: a block had more than ``max_tokens`` beats.
+    """
+
+    def __init__(self, config):
+        self._config = config
+        super().__init__({
+            "i": In(stream.Signature(softmax_input_layout(config))),
+            "o": Out(stream.Signature(softmax_output_layout(config))),
+            "mult": In(arith.shape_of(contract.REQ_MULT)),
+            "shift": In(arith.shape_of(contract.REQ_SHIFT)),
+            "busy": Out(1),
+            "error": Out(1),
+        })
+
+    @property
+    def config(self):
+        return self._config
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._config
+        V, N = cfg.lanes, cfg.max_tokens
+        acc_fmt = cfg.acc_format
+        A = acc_fmt.bits
+        acc_shape = arith.shape_of(acc_fmt)
+        # e is written back over its score, as a non-negative value of the score's format.
+        assert EXP_BITS < A, "exp2 values do not fit the score buffer"
+        frac = contract.EXP2_FRAC_BITS
+        shamt_bits = (EXP_BITS - 1).bit_length()       # integer parts below the clamp
+        sum_bits = (N * contract.EXP2_LUT[0]).bit_length()
+        K = RECIP_QUOTIENT_BITS
+        prob_shift = contract.SOFTMAX_RECIP_BITS - contract.PROB_FRAC_BITS
+        # One multiplier per lane serves both (max - s) * mult and e * recip.
+        mul_a_bits = max(A, EXP_BITS)
+        mul_b_bits = max(contract.REQ_MULT.bits, K)
+
+        inp, o = self.i.payload, self.o
+
+        word_layout = data.StructLayout({
+            "value": data.ArrayLayout(acc_shape, V),   # score (phase 1), then e (phase 2)
+            "kept":  unsigned(V),
+        })
+        m.submodules.buf = buf = Memory(shape=word_layout, depth=N, init=[])
+        wp = buf.write_port()
+        rp = buf.read_port(transparent_for=())
+
+        phase = Signal(_Phase)
+        count = Signal(range(N + 1))       # beats stored; the block length from phase 2 on
+        rd_addr = Signal(range(N + 1))     # next word to read (phases 2 and 4)
+        mult = Signal.like(self.mult)
+        shift = Signal.like(self.shift)
+        top = [Signal(acc_shape, name=f"max_{l}") for l in range(V)]
+        have = Signal(V)                   # lane l has a kept entry (its sum is nonzero)
+        total = [Signal(sum_bits, name=f"sum_{l}") for l in range(V)]
+        rem = [Signal(sum_bits + 1, name=f"rem_{l}") for l in range(V)]
+        quo = [Signal(K, name=f"recip_{l}") for l in range(V)]
+        div_step = Signal(range(K))
+
+        m.d.comb += self.busy.eq((phase != _Phase.LOAD) | (count != 0))
+
+        # --- Phase 1: load. --------------------------------------------------------------
+        m.d.comb += self.i.ready.eq(phase == _Phase.LOAD)
+        accept = self.i.valid & self.i.ready
+        surplus = count == N
+        with m.If(accept):
+            with m.If(count == 0):
+                m.d.sync += [mult.eq(self.mult), shift.eq(self.shift)]
+            with m.If(surplus):
+                m.d.sync += self.error.eq(1)
+            with m.If(1):
+                m.d.sync += count.eq(count + 1)
+                for l in range(V):
+                    s = inp.score[l]
+                    with m.If(inp.kept[l] & (~have[l] | (s > top[l]))):
+                        m.d.sync += top[l].eq(s)
+                m.d.sync += have.eq(have | inp.kept)
+            with m.If(inp.last):
+                m.d.sync += [phase.eq(_Phase.EXP), rd_addr.eq(0)]
+                m.d.sync += [t.eq(0) for t in total]
+
+        # --- Read pipeline shared by phases 2 and 4: issue -> s1 (word) -> s2 (product). ---
+        # It only moves when the output register can take a beat; o.valid is low outside
+        # phase 4, so phase 2 runs at one word a cycle.
+        adv = ~o.valid | o.ready
+        reading = (phase == _Phase.EXP) | (phase == _Phase.OUT)
+        issue = reading & (rd_addr != count)
+        m.d.comb += [rp.addr.eq(rd_addr), rp.en.eq(adv)]
+
+        s1_valid, s1_last = Signal(), Signal()
+        s1_addr = Signal(range(N))
+        s2_valid, s2_last = Signal(), Signal()
+        s2_addr = Signal(range(N))
+        s2_kept = Signal(V)
+        s2_prod = [Signal(mul_a_bits + mul_b_bits, name=f"prod_{l}") for l in range(V)]
+        word = rp.data
+        out_phase = phase == _Phase.OUT
+
+        with m.If(adv):
+            m.d.sync += [s1_valid.eq(issue), s1_addr.eq(rd_addr),
+                         s1_last.eq(rd_addr == count - 1)]
+            with m.If(issue):
+                m.d.sync += rd_addr.eq(rd_addr + 1)
+            m.d.sync += [s2_valid.eq(s1_valid), s2_last.eq(s1_last), s2_addr.eq(s1_addr),
+                         s2_kept.eq(word.kept)]
+            for l in range(V):
+                dist = (top[l] - word.value[l])[:A]        # >= 0 on kept entries
+                e = word.value[l].as_unsigned()[:EXP_BITS]
+                recip = Mux(have[l], quo[l], 0)            # no kept entry: no division
+                a = Mux(out_phase, e, dist)
+                b = Mux(out_phase, recip, mult)
+                m.d.sync += s2_prod[l].eq(a * b)
+
+        # --- Phase 2: exponent, write-back and sum (s3). ---------------------------------
+        lut = Array(Const(v, EXP_BITS) for v in contract.EXP2_LUT)
+        s3_valid, s3_last = Signal(), Signal()
+        s3_addr = Signal(range(N))
+        s3_e = [Signal(EXP_BITS, name=f"e_{l}") for l in range(V)]
+        m.d.sync += [s3_valid.eq(s2_valid & ~out_phase), s3_last.eq(s2_last),
+                     s3_addr.eq(s2_addr)]
+        for l in range(V):
+            t = arith.round_shift(s2_prod[l], shift)
+            whole = t >> frac
+            e = Mux(whole >= EXP_BITS, 0, lut[t[:frac]] >> whole[:shamt_bits])
+            m.d.sync += s3_e[l].eq(Mux(s2_kept[l], e, 0))
+        with m.If(s3_valid):
+            for l in range(V):
+                m.d.sync += total[l].eq(total[l] + s3_e[l])
+            with m.If(s3_last):
+                m.d.sync += [phase.eq(_Phase.DIV), div_step.eq(0)]
+                # Quotient bits above K are zero (sum >= EXP2_LUT[0]): start the long
+                # division with the dividend's bits above them as the partial remainder.
+                m.d.sync += [r.eq(1 << (contract.SOFTMAX_RECIP_BITS - K)) for r in rem]
+
+        # Phase 1 writes scores, phase 2 writes e behind its reads (never the same word).
+        with m.If(phase == _Phase.LOAD):
+            m.d.comb += [wp.addr.eq(count), wp.en.eq(accept & ~surplus),
+                         wp.data.value.eq(inp.score), wp.data.kept.eq(inp.kept)]
+        with m.Else():
+            m.d.comb += [wp.addr.eq(s3_addr), wp.en.eq(s3_valid)]
+            m.d.comb += [wp.data.value[l].eq(s3_e[l]) for l in range(V)]
+
+        # --- Phase 3: restoring division, one quotient bit per cycle, all lanes. ---------
+        with m.If(phase == _Phase.DIV):
+            for l in range(V):
+                trial = rem[l] << 1                # the dividend's remaining bits are zero
+                fit = trial >= total[l]
+                m.d.sync += [rem[l].eq(Mux(fit, trial - total[l], trial)),
+                             quo[l].eq(Cat(fit, quo[l][:-1]))]
+            m.d.sync += div_step.eq(div_step + 1)
+            with m.If(div_step == K - 1):
+                m.d.sync += [phase.eq(_Phase.OUT), rd_addr.eq(0)]
+
+        # --- Phase 4: output register. ---------------------------------------------------
+        with m.If(o.valid & o.ready):
+            m.d.sync += o.valid.eq(0)
+            with m.If(o.payload.last):
+                # The block has left: take the next one.
+                m.d.sync += [phase.eq(_Phase.LOAD), count.eq(0), have.eq(0)]
+        with m.If(adv & out_phase):
+            m.d.sync += o.valid.eq(s2_valid)
+            with m.If(s2_valid):
+                probs = [arith.saturate(
+                    arith.round_shift(s2_prod[l], Const(prob_shift)), contract.PROB)
+                    for l in range(V)]
+                m.d.sync += o.payload.eq(pack_layout(
+                    m, softmax_output_layout(cfg), {"prob": probs, "last": s2_last},
+                    name="o_next"))
+        return m

@@ -1,0 +1,194 @@
+"""Attention engine under Amaranth's simulator: sub-vector-sparse attention bit-exact with the
+golden model (:func:`golden.intvidt.attention_core`), bad configurations and malformed streams."""
+
+import random
+
+import pytest
+import torch
+from amaranth.sim import Simulator
+
+from golden import contract
+from hw.attention_engine import AttentionEngine, Ctrl, Reg, Status
+from hw.config import preset
+from sim.amaranth_streams import StreamStalls, get_until, put_all
+from sim.attention_job import Sequence, attention_job
+from sim.scoreboard import check_equal
+
+SEED = 6061
+
+#: 2 rows x 4 lanes, head_dim 8 (two A V passes of ... four, QK groups of two columns).
+SMALL = preset("tiny").replace(lanes=4, rows=2, requant_lanes=4, bitmap_word=8, max_d=16,
+                               max_heads=2, max_tokens=32, weight_depth=512, max_positions=8,
+                               name="att_r2v4")
+#: One row: every group is a single column, every A V pass a single dimension.
+ONE_ROW = SMALL.replace(rows=1, name="att_r1v4")
+
+SOFTMAX = dict(zip(("softmax_mult", "softmax_shift"), contract.quantize_multiplier(0.03)))
+OUT = dict(zip(("attn_mult", "attn_shift"), contract.quantize_multiplier(1 / 400)))
+
+
+def random_sequence(rng, cfg, heads, n, *, density=0.5, empty_blocks=()):
+    """Random int8 q, k, v and a sub-vector-shaped keep mask (``density``: kept columns)."""
+    hd = cfg.head_dim
+
+    def t():
+        return torch.tensor([[[rng.choice([rng.randint(-40, 40), rng.randint(-128, 127)])
+                               for _ in range(hd)] for _ in range(n)] for _ in range(heads)])
+    if density is None:
+        return Sequence(t(), t(), t(), None)
+    keep = torch.zeros(heads, n, n, dtype=torch.bool)
+    V = cfg.lanes
+    for h in range(heads):
+        for b in range(-(-n // V)):
+            if (h, b) in empty_blocks:
+                continue
+            cols = [j for j in range(n) if rng.random() < density] or [rng.randrange(n)]
+            keep[h, b * V:(b + 1) * V, cols] = True
+    return Sequence(t(), t(), t(), keep)
+
+
+async def csr_write(ctx, dut, reg, value):
+    ctx.set(dut.csr_addr, reg)
+    ctx.set(dut.csr_w_data, int(value))
+    ctx.set(dut.csr_w_en, 1)
+    await ctx.tick()
+    ctx.set(dut.csr_w_en, 0)
+
+
+async def csr_read(ctx, dut, reg):
+    ctx.set(dut.csr_addr, reg)
+    await ctx.tick()
+    await ctx.tick()
+    return ctx.get(dut.csr_r_data)
+
+
+def run_job(job, seed, stall=0.3, *, qkv=None, masks=None, outputs=None, timeout=100_000):
+    """Run ``job`` on a fresh engine; returns output beats, status and counters."""
+    dut = AttentionEngine(job.config)
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    result = {}
+    qkv = job.qkv if qkv is None else qkv
+    masks = job.masks if masks is None else masks
+    outputs = len(job.expected) if outputs is None else outputs
+
+    async def bench(ctx):
+        for reg, value in job.registers:
+            await csr_write(ctx, dut, reg, value)
+        await csr_write(ctx, dut, Reg.CTRL, Ctrl.START)
+        result["started"] = await csr_read(ctx, dut, Reg.STATUS)
+
+    def feed(port, beats, s):
+        async def source(ctx):
+            await ctx.tick().repeat(4 + len(job.registers))
+            await put_all(ctx, port, beats, StreamStalls(s, stall) if stall else None)
+        return source
+
+    async def sink(ctx):
+        result["out"] = await get_until(ctx, dut.o, lambda r: len(r) >= outputs,
+                                        StreamStalls(seed + 3, stall) if stall else None,
+                                        timeout)
+        for _ in range(20):
+            status = await csr_read(ctx, dut, Reg.STATUS)
+            if status & Status.DONE:
+                break
+        result["status"] = status
+        for reg in (Reg.CYCLES, Reg.BUSY, Reg.MAC_LANES, Reg.SUBVECTORS, Reg.BEATS_OUT):
+            result[reg.name] = await csr_read(ctx, dut, reg)
+
+    sim.add_testbench(bench)
+    sim.add_testbench(feed(dut.qkv, qkv, seed + 1))
+    sim.add_testbench(feed(dut.masks, masks, seed + 2))
+    sim.add_testbench(sink)
+    sim.run()
+    return result
+
+
+def check_run(job, res, seed):
+    check_equal(res["out"], job.expected, what=job.name + " output", seed=seed)
+    assert res["status"] & Status.DONE and not res["status"] & Status.ERROR, \
+        "status {:#x} (seed {})".format(res["status"], seed)
+    assert res["MAC_LANES"] == job.mac_lanes, (res, job.mac_lanes, seed)
+    assert res["SUBVECTORS"] == job.subvectors, (res, job.subvectors, seed)
+    assert res["BEATS_OUT"] == len(job.expected)
+    assert res["BUSY"] <= res["CYCLES"]
+
+
+@pytest.mark.parametrize("cfg", [SMALL, ONE_ROW], ids=lambda c: c.name)
+@pytest.mark.parametrize("case", ["sparse_stalls", "dense_two_sequences", "one_head",
+                                  "empty_blocks"])
+def test_engine_matches_golden(cfg, case):
+    seed = SEED + len(case) * 31 + cfg.rows
+    rng = random.Random(seed)
+    if case == "sparse_stalls":        # a partial last block (13 = 3 x 4 + 1)
+        seqs, stall = [random_sequence(rng, cfg, 2, 13, density=0.4)], 0.3
+    elif case == "dense_two_sequences":
+        seqs, stall = [random_sequence(rng, cfg, 2, 8, density=None) for _ in range(2)], 0.0
+    elif case == "one_head":
+        seqs, stall = [random_sequence(rng, cfg, 1, 10, density=0.6)], 0.2
+    else:
+        seqs, stall = [random_sequence(rng, cfg, 2, 12, density=0.5,
+                                       empty_blocks={(0, 1), (1, 0)})], 0.1
+    job = attention_job(cfg, seqs, **SOFTMAX, **OUT, name=case)
+    check_run(job, run_job(job, seed, stall), seed)
+
+
+def test_bad_configuration_does_not_start():
+    rng = random.Random(SEED)
+    job = attention_job(SMALL, [random_sequence(rng, SMALL, 2, 8)], **SOFTMAX, **OUT)
+    for reg, value in ((Reg.TOKENS, 0), (Reg.TOKENS, SMALL.max_tokens + 1),
+                       (Reg.HEADS, SMALL.max_heads + 1), (Reg.SEQUENCES, 0)):
+        job.registers = [(r, value if r == reg else v) for r, v in job.registers]
+        dut = AttentionEngine(SMALL)
+        sim = Simulator(dut)
+        sim.add_clock(1e-8)
+        seen = {}
+
+        async def bench(ctx):
+            for r, v in job.registers:
+                await csr_write(ctx, dut, r, v)
+            await csr_write(ctx, dut, Reg.CTRL, Ctrl.START)
+            seen["status"] = await csr_read(ctx, dut, Reg.STATUS)
+            seen["ready"] = ctx.get(dut.qkv.ready)
+        sim.add_testbench(bench)
+        sim.run()
+        assert seen["status"] & Status.ERR_CONFIG and not seen["status"] & Status.RUNNING, \
+            (reg, value, seen)
+        assert not seen["ready"]
+        job = attention_job(SMALL, [random_sequence(rng, SMALL, 2, 8)], **SOFTMAX, **OUT)
+
+
+def test_mask_column_past_n_is_flagged_and_pruned():
+    """A mask bit at a column >= N sets ERR_MASK; that entry is treated as pruned and every
+    output stays exact."""
+    seed = SEED + 5
+    rng = random.Random(seed)
+    seq = random_sequence(rng, SMALL, 2, 10, density=0.5)
+    job = attention_job(SMALL, [seq], **SOFTMAX, **OUT)
+    masks = [dict(b) for b in job.masks]
+    masks[1]["mask"] |= 1 << 12
+    res = run_job(job, seed, 0.2, masks=masks)
+    check_equal(res["out"], job.expected, what="output", seed=seed)
+    assert res["status"] & Status.DONE and res["status"] & Status.ERR_MASK, hex(res["status"])
+
+
+def test_short_qkv_token_is_flagged_and_run_finishes():
+    seed = SEED + 6
+    rng = random.Random(seed)
+    job = attention_job(SMALL, [random_sequence(rng, SMALL, 2, 8, density=0.5)], **SOFTMAX, **OUT)
+    per_token = len(job.qkv) // 8
+    qkv = [dict(b) for b in job.qkv]
+    del qkv[2 * per_token + 3]          # token 2 loses a beat: its `last` comes early
+    res = run_job(job, seed, 0.0, qkv=qkv)
+    assert len(res["out"]) == len(job.expected)
+    assert res["status"] & Status.DONE and res["status"] & Status.ERR_QKV, hex(res["status"])
+
+
+def test_qkv_value_outside_int8_is_flagged():
+    seed = SEED + 7
+    rng = random.Random(seed)
+    job = attention_job(SMALL, [random_sequence(rng, SMALL, 1, 4, density=None)], **SOFTMAX, **OUT)
+    qkv = [dict(b, data=list(b["data"])) for b in job.qkv]
+    qkv[0]["data"][0] = 300
+    res = run_job(job, seed, 0.0, qkv=qkv)
+    assert res["status"] & Status.DONE and res["status"] & Status.ERR_QKV, hex(res["status"])
