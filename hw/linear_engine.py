@@ -34,7 +34,8 @@ from hw.packing import pack_layout
 from hw.pe_array import Route, pe_ports, use_pe
 
 __all__ = ["Reg", "REGISTERS", "Ctrl", "Status", "LinearEngine", "weight_words",
-           "channel_words", "engine_limits", "linear_output_layout"]
+           "channel_words", "engine_limits", "linear_output_layout", "weight_load_layout",
+           "channel_load_layout"]
 
 
 class Reg(py_enum.IntEnum):
@@ -108,6 +109,21 @@ def _log2(n):
     return n.bit_length() - 1
 
 
+def weight_load_layout(config):
+    """One ``w_load`` beat: ``lanes`` weights of one row (see :func:`weight_words`)."""
+    return data.StructLayout({"data": data.ArrayLayout(arith.shape_of(contract.WEIGHT),
+                                                       config.lanes)})
+
+
+def channel_load_layout(config):
+    """One ``c_load`` beat: bias and requantisation constants of ``lanes`` channels."""
+    V = config.lanes
+    return data.StructLayout({
+        "bias": data.ArrayLayout(arith.shape_of(config.acc_format), V),
+        "mult": data.ArrayLayout(arith.shape_of(contract.REQ_MULT), V),
+        "shift": data.ArrayLayout(arith.shape_of(contract.REQ_SHIFT), V)})
+
+
 def linear_output_layout(config):
     """One output beat: ``lanes`` consecutive channels of a token, ``last`` on its final beat."""
     return data.StructLayout({"data": data.ArrayLayout(signed(16), config.lanes), "last": 1})
@@ -145,17 +161,12 @@ class LinearEngine(wiring.Component):
                              .format(R))
         self._config = config
         self._external_pe = external_pe
-        acc = arith.shape_of(config.acc_format)
         super().__init__({
             **(pe_ports(config) if external_pe else {}),
             "i": In(stream.Signature(token_layout(config))),
             "o": Out(stream.Signature(linear_output_layout(config))),
-            "w_load": In(stream.Signature(data.StructLayout({
-                "data": data.ArrayLayout(arith.shape_of(contract.WEIGHT), V)}))),
-            "c_load": In(stream.Signature(data.StructLayout({
-                "bias": data.ArrayLayout(acc, V),
-                "mult": data.ArrayLayout(arith.shape_of(contract.REQ_MULT), V),
-                "shift": data.ArrayLayout(arith.shape_of(contract.REQ_SHIFT), V)}))),
+            "w_load": In(stream.Signature(weight_load_layout(config))),
+            "c_load": In(stream.Signature(channel_load_layout(config))),
             "csr_addr": In(4),
             "csr_w_en": In(1),
             "csr_w_data": In(32),

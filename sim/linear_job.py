@@ -39,6 +39,8 @@ class LinearJob:
         Performed MACs (sent elements x ``d_out``): the exact expected ``MAC_LANES`` counter.
     pairs : int
         Sent elements summed over tokens and chunks: the expected ``PAIRS`` counter.
+    outputs : torch.Tensor
+        The expected outputs as a ``[N, d_out]`` tensor (what ``expected`` holds as beats).
     """
     name: str
     config: object
@@ -50,6 +52,7 @@ class LinearJob:
     n_tokens: int
     mac_lanes: int
     pairs: int
+    outputs: object = None
 
     @property
     def ideal_cycles(self):
@@ -101,7 +104,7 @@ def job_from_layer(config, layer, x, frame, spatial, n_s, *, tau, delta_enable=T
         channels=channel_words(config, layer.bias.tolist(), layer.mult.tolist(),
                                layer.shift.tolist()),
         tokens=_token_beats(config, x, spatial), expected=expected, n_tokens=x.shape[0],
-        mac_lanes=sent * d_out, pairs=sent * chunks)
+        mac_lanes=sent * d_out, pairs=sent * chunks, outputs=out)
 
 
 def job_from_vectors(config, arrays, n_s, *, tau, out_bits, delta_enable=True, name="layer"):
