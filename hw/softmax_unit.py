@@ -21,7 +21,10 @@ A block goes through four phases, one at a time:
    pipeline moves only when the output register can take a beat, so back-pressure never drops
    or repeats one.
 
-The next block is taken once the last output beat of the previous one has left. A block with
+The next block is taken once the last output beat of the previous one has left. Without
+stalls a block of ``n`` beats occupies the unit for ``3 * n + RECIP_QUOTIENT_BITS + 6`` cycles,
+first input beat to last output beat (``n`` load, ``n + 3`` exponent, ``RECIP_QUOTIENT_BITS``
+division, ``n + 3`` output); the next block's first beat enters the cycle after. A block with
 more than ``max_tokens`` beats sets the sticky ``error`` flag; its surplus beats are consumed
 and dropped up to the one with ``last``, which still closes the block (the output then covers
 the first ``max_tokens`` beats).
@@ -165,7 +168,7 @@ class SoftmaxUnit(wiring.Component):
                 m.d.sync += [mult.eq(self.mult), shift.eq(self.shift)]
             with m.If(surplus):
                 m.d.sync += self.error.eq(1)
-            with m.If(1):
+            with m.Else():
                 m.d.sync += count.eq(count + 1)
                 for l in range(V):
                     s = inp.score[l]

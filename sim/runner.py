@@ -43,6 +43,7 @@ DESIGNS = {
     "linear_engine": ("hw.linear_engine", "LinearEngine"),
     "softmax_unit": ("hw.softmax_unit", "SoftmaxUnit"),
     "attention_engine": ("hw.attention_engine", "AttentionEngine"),
+    "run_through": ("hw.run_through", "RunThrough"),
 }
 
 

@@ -89,6 +89,7 @@ def test_run_through_matches_golden(sequences, stall, rho):
     assert res["att_BUSY"] + res["lin_BUSY"] <= res["att_CYCLES"] + 64
 
 
+@pytest.mark.filterwarnings("ignore::amaranth.hdl._ir.UnusedElaboratable")
 def test_arbiter_rejects_bad_port_count():
     with pytest.raises(ValueError, match="ports must be a positive integer"):
         PEArbiter(SMALL, ports=0)
