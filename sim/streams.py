@@ -10,7 +10,7 @@ and Verilator).
 import cocotb
 from amaranth.lib import data
 from cocotb.clock import Clock
-from cocotb.triggers import FallingEdge, ReadOnly
+from cocotb.triggers import ClockCycles, FallingEdge, First, ReadOnly, RisingEdge
 from cocotb.types import LogicArray
 
 from sim.amaranth_streams import StreamStalls, to_python
@@ -48,6 +48,13 @@ class _StreamPort:
         self.layout = layout
         self.stalls = StreamStalls(seed, stall, max_wait)
 
+    async def _to_sampling_point(self):
+        """After a handshake signal rose: go on at once if the clock is low (the signal rose at
+        a falling edge, from an input driven there, and the coming rising edge is the
+        transfer), else wait for the next falling edge."""
+        if int(self.clk.value) != 0:
+            await FallingEdge(self.clk)
+
 
 class StreamSource(_StreamPort):
     """Drives payloads into the DUT's input stream ``name``.
@@ -67,17 +74,21 @@ class StreamSource(_StreamPort):
 
     async def send(self, payloads):
         for payload in payloads:
-            for _ in range(self.stalls.wait()):
-                await FallingEdge(self.clk)
+            wait = self.stalls.wait()
+            if wait:
+                await ClockCycles(self.clk, wait, rising=False)
             self.valid.value = 1
             self.payload.value = LogicArray.from_unsigned(pack(self.layout, payload),
                                                           self.layout.size)
             while True:
                 await ReadOnly()
-                accepted = bool(self.ready.value)
-                await FallingEdge(self.clk)
-                if accepted:
+                if self.ready.value == 1:
+                    await FallingEdge(self.clk)
                     break
+                # Sleep until ready rises instead of polling every cycle (a blocked source
+                # would otherwise cost Python work on every clock).
+                await RisingEdge(self.ready)
+                await self._to_sampling_point()
             self.valid.value = 0
             self.sent += 1
 
@@ -95,16 +106,24 @@ class StreamSink(_StreamPort):
         idle = 0
         while not done(self.received):
             stall = self.stalls.wait()
-            self.ready.value = int(stall == 0)
+            if stall:
+                self.ready.value = 0
+                await ClockCycles(self.clk, stall, rising=False)
+                idle += stall
+            self.ready.value = 1
             await ReadOnly()
-            if stall == 0 and self.valid.value == 1:
+            if self.valid.value == 1:
                 self.received.append(unpack(self.layout, self.payload.value.to_unsigned()))
                 idle = 0
-            else:
-                idle += 1
-                if idle > timeout:
-                    raise TimeoutError("No output for {} cycles after {} beats"
-                                       .format(timeout, len(self.received)))
-            await FallingEdge(self.clk)
+                await FallingEdge(self.clk)
+                continue
+            # Nothing offered: sleep until valid rises (or the timeout runs out) instead of
+            # polling every cycle, then sample again at the next falling edge.
+            limit = ClockCycles(self.clk, max(1, timeout - idle))
+            if await First(RisingEdge(self.valid), limit) is limit:
+                raise TimeoutError("No output for {} cycles after {} beats"
+                                   .format(timeout, len(self.received)))
+            await self._to_sampling_point()
+            idle = 0
         self.ready.value = 0
         return self.received
