@@ -24,7 +24,7 @@ help:
 	@echo "make verilog     generate Verilog for every preset into build/verilog/<preset>/"
 	@echo "make test        run unit tests and cocotb co-simulation (Icarus and Verilator); FAST=1 skips slow extras"
 	@echo "make eval        top-1 against ideal computation saving of the benchmark model -> build/eval/ (FULL=1: full sweep)"
-	@echo "make bench       linear engine cycles on the benchmark model's layers (Verilator) -> build/bench/linear.json, .md"
+	@echo "make bench       linear and attention engine and run-through cycles on the benchmark model (Verilator) -> build/bench/{linear,attention,run_through}.json, .md"
 	@echo "make vectors     export one clip's integer test vectors for co-simulation -> build/vectors/"
 	@echo "make bitstream   build the self-checking FPGA top (BOARD=ulx3s|icebreaker) into build/<board>/"
 	@echo "make clean       remove build outputs (keeps .venv)"
@@ -52,6 +52,7 @@ eval: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m sim.bench_linear --out build/bench
+	$(PY) -m sim.bench_attention --out build/bench
 
 vectors: $(STAMP)
 	$(PY) -m golden.export --clip 0 --block 0 --tau 2 --rho 0.5 --out build/vectors/test0_block0

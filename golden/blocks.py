@@ -86,35 +86,43 @@ def bitmap_decode_reference(tokens):
     return [[(i, x) for i, x in enumerate(token) if x != 0] for token in tokens]
 
 
-def subvector_decode_reference(config, matrices):
+def subvector_decode_reference(config, matrices, order="column"):
     """Work items of the sub-vector mask decoder.
 
     Parameters
     ----------
     matrices : iterable of list of int
-        Per matrix (one attention head), per key column, the bitmask of kept sub-vectors
-        (bit ``b`` = query rows ``b * lanes .. b * lanes + lanes - 1``).
+        Per matrix (one attention head), per input beat, a bitmask. ``order="column"``: a beat
+        per key column, bit ``b`` = query rows ``b * lanes .. b * lanes + lanes - 1`` kept;
+        ``order="block"``: a beat per query block, bit ``j`` = key column ``j`` kept.
 
     Returns
     -------
     list of dict
-        ``{"column", "block", "empty", "col_last", "last"}`` in column-major, block-ascending
-        order; a column with no kept sub-vector yields one item with ``empty`` set so that the
-        framing of the matrix is never lost.
+        ``{"column", "block", "empty", "col_last", "last"}`` beat by beat, ascending within a
+        beat (column-major for column order, block-major for block order); a beat with no
+        kept sub-vector yields one item with ``empty`` set so that the framing of the matrix
+        is never lost; ``col_last`` marks a beat's last item.
     """
+    if order == "column":
+        width, beat_field, bit_field = config.max_blocks, "column", "block"
+    elif order == "block":
+        width, beat_field, bit_field = config.max_tokens, "block", "column"
+    else:
+        raise ValueError("Unknown mask order {!r}".format(order))
     items = []
-    for columns in matrices:
-        for j, mask in enumerate(columns):
-            if not 0 <= mask < (1 << config.max_blocks):
-                raise ValueError("Column mask {!r} has bits beyond max_blocks={}"
-                                 .format(mask, config.max_blocks))
-            blocks = [b for b in range(config.max_blocks) if (mask >> b) & 1]
-            col_items = ([{"column": j, "block": b, "empty": False} for b in blocks]
-                         or [{"column": j, "block": 0, "empty": True}])
-            for n, item in enumerate(col_items):
-                item["col_last"] = n == len(col_items) - 1
-                item["last"] = item["col_last"] and j == len(columns) - 1
-            items += col_items
+    for beats in matrices:
+        for j, mask in enumerate(beats):
+            if not 0 <= mask < (1 << width):
+                raise ValueError("Mask {!r} has bits beyond its {} bits".format(mask, width))
+            bits = [b for b in range(width) if (mask >> b) & 1]
+            beat_items = ([{beat_field: j, bit_field: b, "empty": False} for b in bits]
+                          or [{beat_field: j, bit_field: 0, "empty": True}])
+            for n, item in enumerate(beat_items):
+                item["col_last"] = n == len(beat_items) - 1
+                item["last"] = item["col_last"] and j == len(beats) - 1
+            items += [{k: item[k] for k in ("column", "block", "empty", "col_last", "last")}
+                      for item in beat_items]
     return items
 
 

@@ -89,6 +89,16 @@ def _bits(n):
     return max(1, contract.ceil_log2(n))
 
 
+def _popcount(value):
+    """Set bits of ``value``, as a balanced adder tree (a chain of hundreds of adders is slow
+    to build and to simulate)."""
+    terms = [value[i] for i in range(len(value))]
+    while len(terms) > 1:
+        terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i]
+                 for i in range(0, len(terms), 2)]
+    return terms[0]
+
+
 def attention_mask_layout(config):
     """One mask beat: a query block's kept key columns (bit ``j``), ``last`` on a head's final
     block."""
@@ -188,7 +198,6 @@ class AttentionEngine(wiring.Component):
         GW = HD // V                        # QKV beats per head and part of a token
         passes = -(-HD // R)                # A V passes of R output dimensions
         act = arith.shape_of(contract.ACT)
-        op_shape = arith.shape_of(cfg.operand_format)
         word = data.ArrayLayout(act, HD)    # one token's q, k or v of one head
 
         pe = use_pe(m, self, cfg, self._external_pe)
@@ -543,8 +552,7 @@ class AttentionEngine(wiring.Component):
                      tags.w_en.eq(beat_ok & pe.i.payload.last)]
         with m.If(beat_ok):
             m.d.sync += [busy.eq(busy + 1),
-                         mac_lanes.eq(mac_lanes + sum(pe.i.payload.mask[r][l]
-                                                      for r in range(R) for l in range(V)))]
+                         mac_lanes.eq(mac_lanes + _popcount(pe.i.payload.mask.as_value()))]
 
         # ---- results: QK^T rows -> softmax -> probability buffer; A V rows -> o -----------
         tag = data.View(_tag_layout(cfg), tags.r_data)

@@ -155,7 +155,7 @@ class LinearEngine(wiring.Component):
     """
 
     def __init__(self, config, *, external_pe=False):
-        R, V = config.rows, config.lanes
+        R = config.rows
         if R & (R - 1):
             raise ValueError("LinearEngine needs a power-of-two number of rows, not {!r}"
                              .format(R))

@@ -45,8 +45,10 @@ TARGET = 1.15
 def _runs(simulator, cfg, tb, env, tag):
     results = REPO / "build" / "bench" / "{}_{}_runs.json".format(tag, simulator)
     results.parent.mkdir(parents=True, exist_ok=True)
+    # An optimised model: 2 min more to build, 4x faster to run (~20 k cycles/s).
     run_cocotb(tb.rsplit(".", 1)[-1].removeprefix("tb_"), cfg, simulator, tb, seed=1,
-               env={**env, "RTSA_STALL": "0", "RTSA_SEED": "1", "RTSA_RESULTS": str(results)})
+               optimised=True, env={**env, "RTSA_STALL": "0", "RTSA_SEED": "1",
+                                    "RTSA_RESULTS": str(results)})
     return json.loads(results.read_text())
 
 

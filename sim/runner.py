@@ -34,6 +34,9 @@ VERILATOR_ARGS = ["-Wno-fatal", "--output-split", "0", "-CFLAGS", "-O0"]
 # internal registers keeps X until one of them changes.
 ICARUS_ARGS = ["-g2005"]
 BUILD_ARGS = {"icarus": ICARUS_ARGS, "verilator": VERILATOR_ARGS}
+#: Benchmarks run long simulations of one model: there an optimised C++ build pays off.
+OPTIMISED_ARGS = {"icarus": ICARUS_ARGS,
+                  "verilator": ["-O1" if a == "-O0" else a for a in VERILATOR_ARGS]}
 
 #: Top-level designs the harness can simulate: name -> (module path, class name).
 DESIGNS = {
@@ -100,9 +103,11 @@ def write_verilog(design, config, path):
     return path
 
 
-def run_cocotb(design, config, simulator, test_module, *, testcase=None, seed=1, env=None):
+def run_cocotb(design, config, simulator, test_module, *, testcase=None, seed=1, env=None,
+               optimised=False):
     """Build (once) and run the cocotb ``test_module`` against ``design`` under ``simulator``.
 
+    ``optimised`` builds an optimised simulation model in a directory of its own (benchmarks).
     Raises :exc:`AssertionError` naming the failed cocotb tests, with the log path.
     """
     from cocotb_tools.runner import get_runner
@@ -117,16 +122,17 @@ def run_cocotb(design, config, simulator, test_module, *, testcase=None, seed=1,
         os.environ["PATH"] = venv_bin + os.pathsep + os.environ.get("PATH", "")
     tag = _tag(design, config)
     source = BUILD / "verilog" / (tag + ".v")
-    build_dir = BUILD / simulator / tag
+    build_dir = BUILD / (simulator + ("_optimised" if optimised else "")) / tag
+    build_args = (OPTIMISED_ARGS if optimised else BUILD_ARGS)[simulator]
     runner = get_runner(simulator)
     with _locked(build_dir):
         write_verilog(design, config, source)
         # Rebuild when the simulator flags change: the runner itself only compares file times.
         stamp = build_dir / "build_args.json"
-        args = json.dumps(BUILD_ARGS[simulator])
+        args = json.dumps(build_args)
         always = not stamp.exists() or stamp.read_text() != args
         runner.build(sources=[source], hdl_toplevel=design, build_dir=build_dir,
-                     timescale=("1ns", "1ps"), build_args=BUILD_ARGS[simulator], always=always,
+                     timescale=("1ns", "1ps"), build_args=build_args, always=always,
                      log_file=build_dir / "build.log")
         stamp.write_text(args)
     # One directory per (testbench, test case, environment): parallel pytest workers running

@@ -105,11 +105,11 @@ class StreamSink(_StreamPort):
         """Collect payloads until ``done(received)``; fail after ``timeout`` idle cycles."""
         idle = 0
         while not done(self.received):
-            stall = self.stalls.wait()
-            if stall:
+            if self.stalls.wait():          # ready low for this cycle
                 self.ready.value = 0
-                await ClockCycles(self.clk, stall, rising=False)
-                idle += stall
+                await FallingEdge(self.clk)
+                idle += 1
+                continue
             self.ready.value = 1
             await ReadOnly()
             if self.valid.value == 1:

@@ -15,6 +15,7 @@ Environment (set by ``tests/test_cosim_run_through.py`` or ``sim.bench_attention
 
 import json
 import os
+from pathlib import Path
 
 import cocotb
 import torch
@@ -36,7 +37,7 @@ from sim.tb_linear_engine import csr_read, csr_write
 
 def job_from_env(cfg):
     dirs = os.environ["RTSA_VECTORS"].split(",")
-    manifest = json.loads(open(os.path.join(dirs[0], "manifest.json")).read())
+    manifest = json.loads(Path(dirs[0], "manifest.json").read_text())
     qkv = load(dirs[0], "qkv")
     attention = load(dirs[0], "attention")
     tokens = int(os.environ.get("RTSA_TOKENS", "0")) or qkv["x"].shape[0]

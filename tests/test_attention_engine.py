@@ -192,3 +192,10 @@ def test_qkv_value_outside_int8_is_flagged():
     qkv[0]["data"][0] = 300
     res = run_job(job, seed, 0.0, qkv=qkv)
     assert res["status"] & Status.DONE and res["status"] & Status.ERR_QKV, hex(res["status"])
+
+
+@pytest.mark.filterwarnings("ignore::amaranth.hdl._ir.UnusedElaboratable")
+def test_head_dim_must_be_a_multiple_of_lanes():
+    cfg = SMALL.replace(max_d=12, max_heads=2, name="hd6")          # head_dim 6, lanes 4
+    with pytest.raises(ValueError, match=r"head_dim \(6\) to be a multiple of lanes \(4\)"):
+        AttentionEngine(cfg)

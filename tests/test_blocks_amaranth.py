@@ -158,6 +158,46 @@ def test_subvector_decoder_matches_reference(name):
     assert any(w["empty"] for w in want) and sum(w["last"] for w in want) == 3
 
 
+def test_subvector_decoder_block_order_matches_reference():
+    """Block-major masks (the attention engine's format): a beat per query block, a bit per key
+    column; empty, full and sparse blocks, several heads, random stalls."""
+    cfg = CONFIGS["tiny"]
+    seed = SEED + 8
+    rng = random.Random(seed)
+    full = (1 << cfg.max_tokens) - 1
+    heads = [[rng.choice([0, full, rng.getrandbits(cfg.max_tokens),
+                          1 << rng.randrange(cfg.max_tokens)]) for _ in range(5)]
+             for _ in range(3)]
+    want = subvector_decode_reference(cfg, heads, order="block")
+    beats = [{"mask": mask, "last": int(b == len(blocks) - 1)}
+             for blocks in heads for b, mask in enumerate(blocks)]
+    dut = SubvectorDecoder(cfg, order="block")
+    got = run(dut, [(dut.i, beats)], dut.o, lambda r: len(r) >= len(want), seed)
+    check_equal(got, want, what="work item", seed=seed)
+    assert sum(w["last"] for w in want) == 3 and [w["block"] for w in want[-2:]] == [4, 4]
+
+
+def test_subvector_decoder_flags_too_many_blocks():
+    cfg = preset("tiny").replace(max_tokens=16, name="t16")        # 2 row blocks per head
+    beats = [{"mask": 1 << b, "last": int(b == 2)} for b in range(3)]
+    dut = SubvectorDecoder(cfg, order="block")
+    errors = []
+
+    async def check_error(ctx):
+        errors.append(ctx.get(dut.error))
+    got = run(dut, [(dut.i, beats)], dut.o, lambda r: sum(b["last"] for b in r) >= 1, SEED,
+              extra=check_error)
+    assert errors == [1]
+    assert [(g["block"], g["column"], g["empty"], g["last"]) for g in got] == [
+        (0, 0, 0, 0), (1, 1, 0, 0), (1, 0, 1, 1)]
+
+
+@pytest.mark.filterwarnings("ignore::amaranth.hdl._ir.UnusedElaboratable")
+def test_subvector_decoder_rejects_unknown_order():
+    with pytest.raises(ValueError, match="Mask order must be one of column, block"):
+        SubvectorDecoder(CONFIGS["tiny"], order="row")
+
+
 def test_subvector_decoder_flags_too_many_columns():
     cfg = preset("tiny").replace(max_tokens=16, name="t16")        # 2 row blocks per column
     assert cfg.max_blocks == 2
