@@ -41,6 +41,7 @@ from hw import arith
 from hw.linear_engine import linear_output_layout
 from hw.packing import pack_layout
 from hw.pe_array import Route, pe_ports, use_pe
+from hw.registers import register_port, register_reads
 from hw.softmax_unit import SoftmaxUnit
 from hw.subvector_decoder import SubvectorDecoder, subvector_mask_layout
 
@@ -180,10 +181,7 @@ class AttentionEngine(wiring.Component):
             "o": Out(stream.Signature(attention_output_layout(config))),
             "released": Out(16),
             "n_tokens": Out(range(config.max_tokens + 1)),
-            "csr_addr": In(4),
-            "csr_w_en": In(1),
-            "csr_w_data": In(32),
-            "csr_r_data": Out(32),
+            **register_port(4),
         })
 
     @property
@@ -237,17 +235,12 @@ class AttentionEngine(wiring.Component):
                         m.d.sync += sig.eq(self.csr_w_data)
         status = Cat(running, done, Cat(err_config, err_mask, err_qkv, err_ovf, err_sm).any(),
                      Const(0, 5), err_config, err_mask, err_qkv, err_ovf, err_sm)
-        with m.Switch(self.csr_addr):
-            for reg, sig in ((Reg.STATUS, status), (Reg.TOKENS, n_tok_reg), (Reg.HEADS, heads_reg),
-                             (Reg.SEQUENCES, seqs), (Reg.SOFTMAX_MULT, sm_mult),
-                             (Reg.SOFTMAX_SHIFT, sm_shift), (Reg.OUT_MULT, out_mult),
-                             (Reg.OUT_SHIFT, out_shift), (Reg.CYCLES, cycles), (Reg.BUSY, busy),
-                             (Reg.MAC_LANES, mac_lanes), (Reg.SUBVECTORS, subvectors),
-                             (Reg.BEATS_OUT, beats_out)):
-                with m.Case(reg):
-                    m.d.sync += self.csr_r_data.eq(sig)
-            with m.Default():
-                m.d.sync += self.csr_r_data.eq(0)
+        register_reads(m, self, (
+            (Reg.STATUS, status), (Reg.TOKENS, n_tok_reg), (Reg.HEADS, heads_reg),
+            (Reg.SEQUENCES, seqs), (Reg.SOFTMAX_MULT, sm_mult), (Reg.SOFTMAX_SHIFT, sm_shift),
+            (Reg.OUT_MULT, out_mult), (Reg.OUT_SHIFT, out_shift), (Reg.CYCLES, cycles),
+            (Reg.BUSY, busy), (Reg.MAC_LANES, mac_lanes), (Reg.SUBVECTORS, subvectors),
+            (Reg.BEATS_OUT, beats_out)))
         with m.If(running):
             m.d.sync += cycles.eq(cycles + 1)
 

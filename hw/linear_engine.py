@@ -32,6 +32,7 @@ from hw.bitmap_decoder import BitmapDecoder
 from hw.delta_encoder import DeltaEncoder, token_layout
 from hw.packing import pack_layout
 from hw.pe_array import Route, pe_ports, use_pe
+from hw.registers import register_port, register_reads
 
 __all__ = ["Reg", "REGISTERS", "Ctrl", "Status", "LinearEngine", "weight_words",
            "channel_words", "engine_limits", "linear_output_layout", "weight_load_layout",
@@ -167,10 +168,7 @@ class LinearEngine(wiring.Component):
             "o": Out(stream.Signature(linear_output_layout(config))),
             "w_load": In(stream.Signature(weight_load_layout(config))),
             "c_load": In(stream.Signature(channel_load_layout(config))),
-            "csr_addr": In(4),
-            "csr_w_en": In(1),
-            "csr_w_data": In(32),
-            "csr_r_data": Out(32),
+            **register_port(4),
         })
 
     @property
@@ -236,16 +234,11 @@ class LinearEngine(wiring.Component):
 
         status = Cat(running, done, err_config | err_token | err_stream | err_ovf,
                      Const(0, 5), err_config, err_token, err_stream, err_ovf)
-        with m.Switch(self.csr_addr):
-            for reg, sig in ((Reg.STATUS, status), (Reg.D_IN, d_in), (Reg.D_OUT, d_out),
-                             (Reg.TOKENS, tokens), (Reg.TAU, tau),
-                             (Reg.MODE, Cat(delta_enable, wide)), (Reg.CYCLES, cycles),
-                             (Reg.BUSY, busy), (Reg.MAC_LANES, mac_lanes),
-                             (Reg.TOKENS_OUT, tokens_out), (Reg.PAIRS, pairs)):
-                with m.Case(reg):
-                    m.d.sync += self.csr_r_data.eq(sig)
-            with m.Default():
-                m.d.sync += self.csr_r_data.eq(0)
+        register_reads(m, self, (
+            (Reg.STATUS, status), (Reg.D_IN, d_in), (Reg.D_OUT, d_out), (Reg.TOKENS, tokens),
+            (Reg.TAU, tau), (Reg.MODE, Cat(delta_enable, wide)), (Reg.CYCLES, cycles),
+            (Reg.BUSY, busy), (Reg.MAC_LANES, mac_lanes), (Reg.TOKENS_OUT, tokens_out),
+            (Reg.PAIRS, pairs)))
 
         with m.If(clear_error):
             m.d.sync += [err_config.eq(0), err_stream.eq(0), err_ovf.eq(0)]

@@ -33,6 +33,7 @@ from hw.delta_encoder import token_layout
 from hw.linear_engine import LinearEngine, channel_load_layout, weight_load_layout
 from hw.pe_arbiter import PEArbiter
 from hw.pe_array import PEArray
+from hw.registers import register_port
 
 __all__ = ["ATTENTION_BASE", "RunThrough"]
 
@@ -64,10 +65,7 @@ class RunThrough(wiring.Component):
             "c_load": In(stream.Signature(channel_load_layout(config))),
             "masks": In(stream.Signature(attention_mask_layout(config))),
             "o": Out(stream.Signature(attention_output_layout(config))),
-            "csr_addr": In(5),
-            "csr_w_en": In(1),
-            "csr_w_data": In(32),
-            "csr_r_data": Out(32),
+            **register_port(5),
         })
 
     @property

@@ -8,7 +8,7 @@ import random
 
 from amaranth.lib import data
 
-__all__ = ["to_python", "StreamStalls", "put_all", "get_until"]
+__all__ = ["to_python", "StreamStalls", "put_all", "get_until", "csr_write", "csr_read"]
 
 
 def to_python(value):
@@ -70,3 +70,20 @@ async def get_until(ctx, port, done, stalls=None, timeout=100_000):
         ctx.set(port.ready, 0)
         received.append(to_python(payload))
     return received
+
+
+async def csr_write(ctx, dut, reg, value):
+    """Write ``value`` to register ``reg`` of a register port (:mod:`hw.registers`)."""
+    ctx.set(dut.csr_addr, reg)
+    ctx.set(dut.csr_w_data, int(value))
+    ctx.set(dut.csr_w_en, 1)
+    await ctx.tick()
+    ctx.set(dut.csr_w_en, 0)
+
+
+async def csr_read(ctx, dut, reg):
+    """The value of register ``reg`` (it shows one cycle after the address)."""
+    ctx.set(dut.csr_addr, reg)
+    await ctx.tick()
+    await ctx.tick()
+    return ctx.get(dut.csr_r_data)

@@ -15,7 +15,7 @@ from cocotb.types import LogicArray
 
 from sim.amaranth_streams import StreamStalls, to_python
 
-__all__ = ["pack", "unpack", "start_clock_and_reset", "StreamSource", "StreamSink"]
+__all__ = ["pack", "unpack", "input_ports", "start_clock_and_reset", "StreamSource", "StreamSink"]
 
 
 def pack(layout, payload):
@@ -28,8 +28,22 @@ def unpack(layout, bits):
     return to_python(data.Const(layout, bits))
 
 
-async def start_clock_and_reset(dut, cycles=2):
-    """Start a 100 MHz clock on ``clk`` and hold the synchronous ``rst`` for ``cycles``."""
+def input_ports(component):
+    """Verilog names of the input ports of an Amaranth ``component`` (``clk`` and ``rst``
+    aside), as the generator names them."""
+    from amaranth.lib.wiring import In
+    return ["__".join(map(str, path)) for path, member in component.signature.members.flatten()
+            if member.is_port and member.flow == In]
+
+
+async def start_clock_and_reset(dut, cycles=2, *, idle=()):
+    """Start a 100 MHz clock on ``clk`` and hold the synchronous ``rst`` for ``cycles``.
+
+    The inputs named in ``idle`` (e.g. :func:`input_ports`) are driven to 0 first: Icarus is
+    4-state, and no input may be X, even one the design ignores while it is idle.
+    """
+    for name in idle:
+        getattr(dut, name).value = 0
     cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
     dut.rst.value = 1
     for _ in range(cycles):

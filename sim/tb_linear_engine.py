@@ -22,7 +22,7 @@ from hw.linear_engine import Ctrl, LinearEngine, Reg, Status
 from sim.linear_job import job_from_vectors
 from sim.runner import config_from_env
 from sim.scoreboard import check_equal
-from sim.streams import StreamSink, StreamSource, start_clock_and_reset
+from sim.streams import StreamSink, StreamSource, input_ports, start_clock_and_reset
 
 
 async def csr_write(dut, reg, value, base=0):
@@ -68,11 +68,7 @@ async def linear_engine_matches_golden(dut):
     cfg = config_from_env()
     seed = int(os.environ.get("RTSA_SEED", "1"))
     stall = float(os.environ.get("RTSA_STALL", "0.3"))
-    # Icarus is 4-state: no input may be X, even while the engine is idle.
-    for name in ("csr_w_en", "csr_addr", "csr_w_data", "i__valid", "i__payload", "w_load__valid",
-                 "w_load__payload", "c_load__valid", "c_load__payload", "o__ready"):
-        getattr(dut, name).value = 0
-    await start_clock_and_reset(dut)
+    await start_clock_and_reset(dut, idle=input_ports(LinearEngine(cfg)))
     layout = LinearEngine(cfg).signature.members
     results = []
     for n, job in enumerate(_jobs(cfg)):

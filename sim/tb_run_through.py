@@ -30,7 +30,7 @@ from sim.attention_job import expected_beats
 from sim.run_through_job import run_through_job
 from sim.runner import config_from_env
 from sim.scoreboard import check_equal
-from sim.streams import StreamSink, StreamSource, start_clock_and_reset
+from sim.streams import StreamSink, StreamSource, input_ports, start_clock_and_reset
 from sim.tb_attention_engine import finish_counters
 from sim.tb_linear_engine import csr_read, csr_write
 
@@ -66,11 +66,7 @@ async def run_through_matches_golden(dut):
     cfg = config_from_env()
     seed = int(os.environ.get("RTSA_SEED", "1"))
     stall = float(os.environ.get("RTSA_STALL", "0.3"))
-    for name in ("csr_w_en", "csr_addr", "csr_w_data", "i__valid", "i__payload", "w_load__valid",
-                 "w_load__payload", "c_load__valid", "c_load__payload", "masks__valid",
-                 "masks__payload", "o__ready"):
-        getattr(dut, name).value = 0
-    await start_clock_and_reset(dut)
+    await start_clock_and_reset(dut, idle=input_ports(RunThrough(cfg)))
     job = job_from_env(cfg)
     ports = RunThrough(cfg).signature.members
 

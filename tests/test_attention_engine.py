@@ -10,7 +10,7 @@ from amaranth.sim import Simulator
 from golden import contract
 from hw.attention_engine import AttentionEngine, Ctrl, Reg, Status
 from hw.config import preset
-from sim.amaranth_streams import StreamStalls, get_until, put_all
+from sim.amaranth_streams import StreamStalls, csr_read, csr_write, get_until, put_all
 from sim.attention_job import Sequence, attention_job
 from sim.scoreboard import check_equal
 
@@ -45,21 +45,6 @@ def random_sequence(rng, cfg, heads, n, *, density=0.5, empty_blocks=()):
             cols = [j for j in range(n) if rng.random() < density] or [rng.randrange(n)]
             keep[h, b * V:(b + 1) * V, cols] = True
     return Sequence(t(), t(), t(), keep)
-
-
-async def csr_write(ctx, dut, reg, value):
-    ctx.set(dut.csr_addr, reg)
-    ctx.set(dut.csr_w_data, int(value))
-    ctx.set(dut.csr_w_en, 1)
-    await ctx.tick()
-    ctx.set(dut.csr_w_en, 0)
-
-
-async def csr_read(ctx, dut, reg):
-    ctx.set(dut.csr_addr, reg)
-    await ctx.tick()
-    await ctx.tick()
-    return ctx.get(dut.csr_r_data)
 
 
 def run_job(job, seed, stall=0.3, *, qkv=None, masks=None, outputs=None, timeout=100_000):

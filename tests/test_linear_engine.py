@@ -11,7 +11,7 @@ from golden import contract
 from golden.intvidt import QLinear
 from hw.config import preset
 from hw.linear_engine import Ctrl, LinearEngine, Reg, Status
-from sim.amaranth_streams import StreamStalls, get_until, put_all
+from sim.amaranth_streams import StreamStalls, csr_read, csr_write, get_until, put_all
 from sim.linear_job import job_from_layer
 from sim.scoreboard import check_equal
 
@@ -43,21 +43,6 @@ def random_tokens(rng, n_t, n_s, d_in, change=0.3):
     x = torch.tensor([tok for f in frames for tok in f])
     i = torch.arange(n_t * n_s)
     return x, i // n_s, i % n_s
-
-
-async def csr_write(ctx, dut, reg, value):
-    ctx.set(dut.csr_addr, reg)
-    ctx.set(dut.csr_w_data, int(value))
-    ctx.set(dut.csr_w_en, 1)
-    await ctx.tick()
-    ctx.set(dut.csr_w_en, 0)
-
-
-async def csr_read(ctx, dut, reg):
-    ctx.set(dut.csr_addr, reg)
-    await ctx.tick()
-    await ctx.tick()
-    return ctx.get(dut.csr_r_data)
 
 
 def run_job(job, seed, stall=0.3, timeout=200_000):

@@ -10,10 +10,10 @@ from hw import attention_engine as att
 from hw import linear_engine as lin
 from hw.pe_arbiter import PEArbiter
 from hw.run_through import ATTENTION_BASE, RunThrough
-from sim.amaranth_streams import StreamStalls, get_until, put_all
+from sim.amaranth_streams import StreamStalls, csr_read, csr_write, get_until, put_all
 from sim.run_through_job import run_through_job
 from sim.scoreboard import check_equal
-from tests.test_attention_engine import OUT, SMALL, SOFTMAX, csr_read, csr_write
+from tests.test_attention_engine import OUT, SMALL, SOFTMAX
 from tests.test_linear_engine import random_layer, random_tokens
 
 SEED = 7077
