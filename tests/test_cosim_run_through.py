@@ -3,16 +3,15 @@
 The QKV layer's input tokens of block 0 go into the generated run-through datapath; the delta
 projection's q, k, v never leave the chip and feed sub-vector-sparse attention on the same PE
 array. Outputs are bit-exact against the golden model, with random valid/ready stalls. Two
-held-out clips run back to back, so the second one's projection overlaps the first one's
-attention: their first frame under Icarus, their first two frames under Verilator. The whole
-392-token clip, checked against the exported golden trace itself, is a slow extra; ``make
-bench`` runs two whole clips.
+held-out clips run back to back (their first frame), so the second one's projection overlaps
+the first one's attention. ``make bench`` runs two whole clips (and three token counts) the
+same way, bit-exact too.
 """
 
 import pytest
 
 from hw.config import preset
-from sim.runner import run_cocotb
+from sim.runner import SIMULATORS, run_cocotb
 from sim.vectors import benchmark_vectors
 
 TAU = 4
@@ -29,12 +28,6 @@ def _run(simulator, clips, tokens, seed):
 
 
 @pytest.mark.cosim
-@pytest.mark.parametrize("simulator,frames", [("icarus", 1), ("verilator", 2)])
-def test_run_through_two_clips(simulator, frames):
-    assert _run(simulator, (0, 1), frames * N_S, 7) == 1
-
-
-@pytest.mark.cosim
-@pytest.mark.slow
-def test_run_through_verilator_whole_clip():
-    assert _run("verilator", (0,), 0, 8) == 1
+@pytest.mark.parametrize("simulator", SIMULATORS)
+def test_run_through_two_clips(simulator):
+    assert _run(simulator, (0, 1), N_S, 7) == 1
