@@ -126,7 +126,7 @@ def _tag_layout(config):
         "block_last": 1,                           # QK: the block's last group
         "head": unsigned(_bits(config.max_heads)),
         "block": unsigned(config.block_bits),
-        "pass_": unsigned(_bits(-(-config.head_dim // R))),
+        "av_pass": unsigned(_bits(-(-config.head_dim // R))),
         "seq_last": 1,                             # AV: the sequence's last block
     })
 
@@ -539,7 +539,7 @@ class AttentionEngine(wiring.Component):
         m.d.comb += tag_in.eq(pack_layout(m, _tag_layout(cfg), {
             "av": s2_valid, "rows": cur_rows, "kept": cur_kept, "lanes": cur_lanes,
             "block_last": cur_last, "head": Mux(s2_valid, av_info.head, cur_head),
-            "block": Mux(s2_valid, av_info.block, cur_block), "pass_": s2_p,
+            "block": Mux(s2_valid, av_info.block, cur_block), "av_pass": s2_p,
             "seq_last": s2_olast}, name="tag_in"))
         m.d.comb += [tags.w_data.eq(tag_in),
                      tags.w_en.eq(beat_ok & pe.i.payload.last)]
@@ -552,7 +552,7 @@ class AttentionEngine(wiring.Component):
         row = pe.o.payload
         to_softmax = tags.r_rdy & ~tag.av & (row.row < tag.rows)
         dim = Signal(range(passes * R + 1))
-        m.d.comb += dim.eq(tag.pass_ * R + row.row)
+        m.d.comb += dim.eq(tag.av_pass * R + row.row)
         to_out = tags.r_rdy & tag.av & (dim < HD)
         m.d.comb += [
             sm.i.valid.eq(pe.o.valid & to_softmax),
