@@ -1,4 +1,4 @@
-"""Attention mode of the run-through datapath: sub-vector-sparse ``softmax(Q K^T) V`` on the PE array.
+"""Attention mode of the run-through datapath: sub-vector-sparse ``softmax(Q K^T) V`` on the array.
 
 For each sequence (``N`` tokens) and head, the queries are cut into row blocks of ``lanes``
 consecutive tokens. A block's kept key columns come from the sub-vector mask decoder
@@ -19,10 +19,11 @@ its own unit while the array computes ``QK(b+1)`` (or ``AV(b-1)``), so neither w
 other; a sequence's last block runs ``AV`` directly. A loader prefetches the next group's K rows
 and the next block's Q rows into registers while the array works on the current one.
 
-Q, K and V arrive as the QKV projection's output beats (:func:`hw.linear_engine.linear_output_layout`,
-``lanes`` channels of a token per beat, channels ``[q | k | v]``, each ``heads x head_dim``) into
-two sequence slots, so the projection of sequence ``s + 1`` can fill one slot while attention
-runs on the other (:class:`hw.run_through.RunThrough` shares one array between the two).
+Q, K and V arrive as the QKV projection's output beats
+(:func:`hw.linear_engine.linear_output_layout`, ``lanes`` channels of a token per beat, channels
+``[q | k | v]``, each ``heads x head_dim``) into two sequence slots, so the projection of
+sequence ``s + 1`` can fill one slot while attention runs on the other
+(:class:`hw.run_through.RunThrough` shares one array between the two).
 
 Output: one beat per (head, block, dimension): ``lanes`` int8 values ``O[block*lanes + l, dim]``
 (``0`` on lanes past ``N``), heads in order, blocks in order, dimensions ascending, ``last`` on a
@@ -131,6 +132,19 @@ def _tag_layout(config):
     })
 
 
+def _group_layout(config):
+    """A QK^T group: up to ``rows`` kept columns of one query block."""
+    return data.StructLayout({
+        "rows": unsigned(_bits(config.rows + 1)),      # rows holding a column
+        "kept": unsigned(config.rows),                 # rows whose column is kept
+        "lanes": unsigned(config.lanes),               # lanes holding a query
+        "first": 1,                                    # the block's first group
+        "last": 1,                                     # the block's last group
+        "head": unsigned(_bits(config.max_heads)),
+        "block": unsigned(config.block_bits),
+    })
+
+
 def _block_info_layout(config):
     return data.StructLayout({
         "n": unsigned(_bits(config.max_tokens + 1)),   # work items of the block
@@ -223,24 +237,22 @@ class AttentionEngine(wiring.Component):
         config_ok = ((n_tok_reg != 0) & (n_tok_reg <= T) & (heads_reg != 0) & (heads_reg <= H)
                      & (seqs != 0))
         start, clear_error = Signal(), Signal()
+        settings = ((Reg.TOKENS, n_tok_reg), (Reg.HEADS, heads_reg), (Reg.SEQUENCES, seqs),
+                    (Reg.SOFTMAX_MULT, sm_mult), (Reg.SOFTMAX_SHIFT, sm_shift),
+                    (Reg.OUT_MULT, out_mult), (Reg.OUT_SHIFT, out_shift))
 
         with m.If(self.csr_w_en):
             with m.Switch(self.csr_addr):
                 with m.Case(Reg.CTRL):
                     m.d.comb += [start.eq(self.csr_w_data[0]), clear_error.eq(self.csr_w_data[2])]
-                for reg, sig in ((Reg.TOKENS, n_tok_reg), (Reg.HEADS, heads_reg), (Reg.SEQUENCES, seqs),
-                                 (Reg.SOFTMAX_MULT, sm_mult), (Reg.SOFTMAX_SHIFT, sm_shift),
-                                 (Reg.OUT_MULT, out_mult), (Reg.OUT_SHIFT, out_shift)):
+                for reg, sig in settings:
                     with m.Case(reg):
                         m.d.sync += sig.eq(self.csr_w_data)
         status = Cat(running, done, Cat(err_config, err_mask, err_qkv, err_ovf, err_sm).any(),
                      Const(0, 5), err_config, err_mask, err_qkv, err_ovf, err_sm)
-        register_reads(m, self, (
-            (Reg.STATUS, status), (Reg.TOKENS, n_tok_reg), (Reg.HEADS, heads_reg),
-            (Reg.SEQUENCES, seqs), (Reg.SOFTMAX_MULT, sm_mult), (Reg.SOFTMAX_SHIFT, sm_shift),
-            (Reg.OUT_MULT, out_mult), (Reg.OUT_SHIFT, out_shift), (Reg.CYCLES, cycles),
-            (Reg.BUSY, busy), (Reg.MAC_LANES, mac_lanes), (Reg.SUBVECTORS, subvectors),
-            (Reg.BEATS_OUT, beats_out)))
+        register_reads(m, self, ((Reg.STATUS, status),) + settings + (
+            (Reg.CYCLES, cycles), (Reg.BUSY, busy), (Reg.MAC_LANES, mac_lanes),
+            (Reg.SUBVECTORS, subvectors), (Reg.BEATS_OUT, beats_out)))
         with m.If(running):
             m.d.sync += cycles.eq(cycles + 1)
 
@@ -299,12 +311,9 @@ class AttentionEngine(wiring.Component):
         # ---- loader: next block's Q rows, next group's K rows ------------------------------
         q_next = [Signal(word, name=f"q_next_{l}") for l in range(V)]
         k_next = [Signal(word, name=f"k_next_{r}") for r in range(R)]
-        nx_valid, nx_first, nx_last, pend = Signal(), Signal(), Signal(), Signal()
-        nx_rows = Signal(range(R + 1))
-        nx_kept = Signal(R)
-        nx_lanes = Signal(V)
-        nx_head = Signal(range(H))
-        nx_block = Signal(range(NB))
+        group_layout = _group_layout(cfg)
+        nx = Signal(group_layout)           # the loaded group, waiting for the issuer
+        nx_valid, pend = Signal(), Signal()
         l_slot = Signal()
         l_head = Signal(range(H))
         l_block = Signal(range(NB))
@@ -371,9 +380,9 @@ class AttentionEngine(wiring.Component):
                 m.d.sync += subvectors.eq(subvectors + 1)
             m.d.sync += [l_items.eq(l_items + 1), g_count.eq(g_count + 1), g_kept.eq(kept_now)]
             with m.If(item.col_last | (g_count == R - 1)):
-                m.d.sync += [pend.eq(1), nx_rows.eq(g_count + 1), nx_kept.eq(kept_now),
-                             nx_first.eq(l_first), nx_last.eq(item.col_last), nx_lanes.eq(lanes),
-                             nx_head.eq(l_head), nx_block.eq(l_block), l_first.eq(item.col_last),
+                m.d.sync += [pend.eq(1), nx.rows.eq(g_count + 1), nx.kept.eq(kept_now),
+                             nx.first.eq(l_first), nx.last.eq(item.col_last), nx.lanes.eq(lanes),
+                             nx.head.eq(l_head), nx.block.eq(l_block), l_first.eq(item.col_last),
                              g_count.eq(0), g_kept.eq(0)]
             with m.If(item.col_last):
                 block_info = pack_layout(m, info_layout, {
@@ -411,12 +420,8 @@ class AttentionEngine(wiring.Component):
         # QK^T: current group registers, rotated by one element per beat.
         q_cur = [Signal(word, name=f"q_cur_{l}") for l in range(V)]
         k_cur = [Signal(word, name=f"k_cur_{r}") for r in range(R)]
-        qk_busy, cur_last = Signal(), Signal()
-        cur_rows = Signal(range(R + 1))
-        cur_kept = Signal(R)
-        cur_lanes = Signal(V)
-        cur_head = Signal(range(H))
-        cur_block = Signal(range(NB))
+        qk_busy = Signal()
+        cur = Signal(group_layout)          # the group being issued
         qk_k = Signal(range(HD))
 
         # A V: S0 address generation -> S1 (column list, probabilities) -> S2 (V row) -> PE.
@@ -451,7 +456,7 @@ class AttentionEngine(wiring.Component):
         m.d.comb += qk_fire.eq(qk_valid & pe.i.ready & (~qk_beat_last | tags.w_rdy))
         qk_end = qk_fire & qk_beat_last
         take_group = Signal()
-        m.d.comb += take_group.eq((state == st_qk) & nx_valid & (~qk_busy | (qk_end & ~cur_last)))
+        m.d.comb += take_group.eq((state == st_qk) & nx_valid & (~qk_busy | (qk_end & ~cur.last)))
 
         with m.Switch(state):
             with m.Case(st_idle):
@@ -472,15 +477,12 @@ class AttentionEngine(wiring.Component):
                                                sig.as_value()[:contract.ACT.bits]))
                 with m.If(qk_end):
                     m.d.sync += qk_busy.eq(0)
-                    with m.If(cur_last):
+                    with m.If(cur.last):
                         m.d.sync += [qk_done.eq(qk_done + 1), state.eq(st_idle)]
                 with m.If(take_group):
-                    m.d.sync += [qk_busy.eq(1), nx_valid.eq(0), cur_rows.eq(nx_rows),
-                                 cur_kept.eq(nx_kept), cur_lanes.eq(nx_lanes),
-                                 cur_last.eq(nx_last), cur_head.eq(nx_head),
-                                 cur_block.eq(nx_block)]
+                    m.d.sync += [qk_busy.eq(1), nx_valid.eq(0), cur.eq(nx)]
                     m.d.sync += [k_cur[r].eq(k_next[r]) for r in range(R)]
-                    with m.If(nx_first):
+                    with m.If(nx.first):
                         m.d.sync += [q_cur[l].eq(q_next[l]) for l in range(V)]
             with m.Case(st_av):
                 with m.If(adv & s0_active):
@@ -531,15 +533,15 @@ class AttentionEngine(wiring.Component):
             "route": Route.SHARED_VECTOR, "clear": qk_k == 0, "last": qk_beat_last, "bypass": 1,
             "scalar": [k_cur[r][0] for r in range(R)],
             "vector": [[q_cur[l][0] for l in range(V)]],
-            "mask": [Mux(cur_kept[r], cur_lanes, 0) for r in range(R)],
+            "mask": [Mux(cur.kept[r], cur.lanes, 0) for r in range(R)],
         }, name="qk_beat")
         m.d.comb += [pe.i.valid.eq(s2_valid | qk_valid),
                      pe.i.payload.eq(Mux(s2_valid, av_payload, qk_payload))]
         beat_ok = Mux(s2_valid, av_fire, qk_fire)
         m.d.comb += tag_in.eq(pack_layout(m, _tag_layout(cfg), {
-            "av": s2_valid, "rows": cur_rows, "kept": cur_kept, "lanes": cur_lanes,
-            "block_last": cur_last, "head": Mux(s2_valid, av_info.head, cur_head),
-            "block": Mux(s2_valid, av_info.block, cur_block), "av_pass": s2_p,
+            "av": s2_valid, "rows": cur.rows, "kept": cur.kept, "lanes": cur.lanes,
+            "block_last": cur.last, "head": Mux(s2_valid, av_info.head, cur.head),
+            "block": Mux(s2_valid, av_info.block, cur.block), "av_pass": s2_p,
             "seq_last": s2_olast}, name="tag_in"))
         m.d.comb += [tags.w_data.eq(tag_in),
                      tags.w_en.eq(beat_ok & pe.i.payload.last)]
