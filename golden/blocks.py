@@ -121,8 +121,7 @@ def subvector_decode_reference(config, matrices, order="column"):
             for n, item in enumerate(beat_items):
                 item["col_last"] = n == len(beat_items) - 1
                 item["last"] = item["col_last"] and j == len(beats) - 1
-            items += [{k: item[k] for k in ("column", "block", "empty", "col_last", "last")}
-                      for item in beat_items]
+            items += beat_items
     return items
 
 

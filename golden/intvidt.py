@@ -33,8 +33,8 @@ import torch
 from golden import contract, qtorch
 from golden.vidt import VidT, tubelets
 
-__all__ = ["int_matmul", "attention_core", "QLinear", "QLayerNorm", "IntBlock", "IntVidT", "quantize_vidt",
-           "calibrate", "Tokens", "Execution"]
+__all__ = ["int_matmul", "attention_core", "QLinear", "QLayerNorm", "IntBlock", "IntVidT",
+           "quantize_vidt", "calibrate", "Tokens", "Execution"]
 
 _EXACT = 1 << 53
 _EXACT_FLOAT32 = 1 << 24

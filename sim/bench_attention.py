@@ -99,7 +99,8 @@ def run_through_rows(tau, rho, simulator, cfg):
             "bottleneck": "projection" if r["linear_ideal_cycles"] > r["attention_ideal_cycles"]
             else "attention",
             "array_busy_fraction": busy / cycles,
-            "linear_busy_cycles": r["linear"]["busy"], "attention_busy_cycles": r["attention"]["busy"],
+            "linear_busy_cycles": r["linear"]["busy"],
+            "attention_busy_cycles": r["attention"]["busy"],
         })
     return rows
 

@@ -15,7 +15,8 @@ from cocotb.types import LogicArray
 
 from sim.amaranth_streams import StreamStalls, to_python
 
-__all__ = ["pack", "unpack", "input_ports", "start_clock_and_reset", "StreamSource", "StreamSink"]
+__all__ = ["pack", "unpack", "input_ports", "start_clock_and_reset", "csr_write", "csr_read",
+           "StreamSource", "StreamSink"]
 
 
 def pack(layout, payload):
@@ -49,6 +50,26 @@ async def start_clock_and_reset(dut, cycles=2, *, idle=()):
     for _ in range(cycles):
         await FallingEdge(dut.clk)
     dut.rst.value = 0
+
+
+async def csr_write(dut, reg, value, base=0):
+    """Write ``value`` to register ``base + reg`` of the register port (:mod:`hw.registers`)."""
+    dut.csr_addr.value = base + int(reg)
+    dut.csr_w_data.value = int(value)
+    dut.csr_w_en.value = 1
+    await FallingEdge(dut.clk)
+    dut.csr_w_en.value = 0
+
+
+async def csr_read(dut, reg, base=0):
+    """The value of register ``base + reg`` (it shows one cycle after the address)."""
+    dut.csr_addr.value = base + int(reg)
+    await FallingEdge(dut.clk)
+    await FallingEdge(dut.clk)
+    await ReadOnly()
+    value = dut.csr_r_data.value.to_unsigned()
+    await FallingEdge(dut.clk)
+    return value
 
 
 class _StreamPort:
@@ -132,7 +153,7 @@ class StreamSink(_StreamPort):
                 await FallingEdge(self.clk)
                 continue
             # Nothing offered: sleep until valid rises (or the timeout runs out) instead of
-            # polling every cycle, then sample again at the next falling edge.
+            # polling every cycle, then sample again (see _to_sampling_point).
             limit = ClockCycles(self.clk, max(1, timeout - idle))
             if await First(RisingEdge(self.valid), limit) is limit:
                 raise TimeoutError("No output for {} cycles after {} beats"

@@ -24,8 +24,8 @@ from hw.attention_engine import AttentionEngine, Ctrl, Reg, Status
 from sim.attention_job import Sequence, attention_job, expected_beats
 from sim.runner import config_from_env
 from sim.scoreboard import check_equal
-from sim.streams import StreamSink, StreamSource, input_ports, start_clock_and_reset
-from sim.tb_linear_engine import csr_read, csr_write
+from sim.streams import (StreamSink, StreamSource, csr_read, csr_write, input_ports,
+                         start_clock_and_reset)
 
 
 def attention_sequence(arrays, tokens=0, heads="all", sparse=True):

@@ -15,32 +15,14 @@ import json
 import os
 
 import cocotb
-from cocotb.triggers import FallingEdge, ReadOnly
 
 from golden.export import load
 from hw.linear_engine import Ctrl, LinearEngine, Reg, Status
 from sim.linear_job import job_from_vectors
 from sim.runner import config_from_env
 from sim.scoreboard import check_equal
-from sim.streams import StreamSink, StreamSource, input_ports, start_clock_and_reset
-
-
-async def csr_write(dut, reg, value, base=0):
-    dut.csr_addr.value = base + int(reg)
-    dut.csr_w_data.value = int(value)
-    dut.csr_w_en.value = 1
-    await FallingEdge(dut.clk)
-    dut.csr_w_en.value = 0
-
-
-async def csr_read(dut, reg, base=0):
-    dut.csr_addr.value = base + int(reg)
-    await FallingEdge(dut.clk)
-    await FallingEdge(dut.clk)
-    await ReadOnly()
-    value = dut.csr_r_data.value.to_unsigned()
-    await FallingEdge(dut.clk)
-    return value
+from sim.streams import (StreamSink, StreamSource, csr_read, csr_write, input_ports,
+                         start_clock_and_reset)
 
 
 def _jobs(cfg):

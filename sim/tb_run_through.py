@@ -30,9 +30,9 @@ from sim.attention_job import expected_beats
 from sim.run_through_job import run_through_job
 from sim.runner import config_from_env
 from sim.scoreboard import check_equal
-from sim.streams import StreamSink, StreamSource, input_ports, start_clock_and_reset
+from sim.streams import (StreamSink, StreamSource, csr_read, csr_write, input_ports,
+                         start_clock_and_reset)
 from sim.tb_attention_engine import finish_counters
-from sim.tb_linear_engine import csr_read, csr_write
 
 
 def job_from_env(cfg):
@@ -76,8 +76,8 @@ async def run_through_matches_golden(dut):
     await csr_write(dut, lin.Reg.CTRL, lin.Ctrl.CLEAR_REFS | lin.Ctrl.RESET_LOAD)
     for reg, value in job.linear.registers:
         await csr_write(dut, reg, value)
-    await StreamSource(dut, "w_load", layout("w_load"), seed=seed, stall=0).send(job.linear.weights)
-    await StreamSource(dut, "c_load", layout("c_load"), seed=seed, stall=0).send(job.linear.channels)
+    for name, beats in (("w_load", job.linear.weights), ("c_load", job.linear.channels)):
+        await StreamSource(dut, name, layout(name), seed=seed, stall=0).send(beats)
     # Attention starts last, right before the projection: its CYCLES counter then spans the
     # whole run-through.
     for reg, value in job.attention.registers:
