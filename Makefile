@@ -18,7 +18,7 @@ SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export AMARANTH_USE_YOSYS := builtin
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install verilog test eval bench vectors bitstream clean help
+.PHONY: install verilog test eval bench vectors bitstream synth clean help
 
 help:
 	@echo "make verilog     generate Verilog for every preset into build/verilog/<preset>/"
@@ -27,6 +27,7 @@ help:
 	@echo "make bench       linear and attention engine and run-through cycles on the benchmark model (Verilator) -> build/bench/{linear,attention,run_through}.json, .md"
 	@echo "make vectors     export one clip's integer test vectors for co-simulation -> build/vectors/"
 	@echo "make bitstream   build the self-checking FPGA top (BOARD=ulx3s|icebreaker) into build/<board>/"
+	@echo "make synth       synth_ecp5 every generated top (tiny, vidt; PRESET=...) -> build/synth/report.{json,md}"
 	@echo "make clean       remove build outputs (keeps .venv)"
 
 install: $(STAMP)
@@ -59,6 +60,9 @@ vectors: $(STAMP)
 
 bitstream: $(STAMP)
 	$(PY) -m boards.build --board $(BOARD) $(if $(PRESET),--preset $(PRESET),)
+
+synth: $(STAMP)
+	$(PY) -m hw.synth --out build/synth $(if $(PRESET),--preset $(PRESET),)
 
 clean:
 	rm -rf build sim_build .pytest_cache

@@ -22,7 +22,8 @@ from amaranth.lib import io, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import Out
 
-from golden.blocks import ROUTES, pe_array_reference
+from golden.blocks import pe_array_reference
+from golden.contract import PERoute
 from hw.config import RTSAConfig
 from hw.pe_array import PEArray, pe_input_layout, pe_output_layout
 from sim.stimulus import pe_beats
@@ -48,7 +49,7 @@ def _covered(config, beats):
     closing = [b for b in beats if b["last"]]
     requantised = [v for n, row in enumerate(pe_array_reference(config, beats))
                    if not closing[n // config.rows]["bypass"] for v in row["data"]]
-    return ({b["route"] for b in beats} == set(ROUTES.values())
+    return ({b["route"] for b in beats} == set(PERoute)
             and {b["bypass"] for b in beats} == {0, 1}
             and 0 in masks and full in masks and any(0 < m < full for m in masks)
             and max(lengths) > 1 and min(lengths) == 1

@@ -10,8 +10,9 @@ from golden import contract
 __all__ = ["ROUTES", "pe_array_reference", "bitmap_decode_reference",
            "subvector_decode_reference", "bitmap_token_streams", "delta_encode_reference"]
 
-#: Operand routes of the PE array, by value (mirrors :class:`hw.pe_array.Route`).
-ROUTES = {"SHARED_SCALAR": 0, "SHARED_VECTOR": 1, "PER_ROW": 2}
+#: Operand routes of the PE array, name -> code (:class:`golden.contract.PERoute`, from which
+#: :class:`hw.pe_array.Route` takes its values).
+ROUTES = {route.name: route.value for route in contract.PERoute}
 
 
 def pe_array_reference(config, beats):
@@ -42,8 +43,8 @@ def pe_array_reference(config, beats):
         if route not in ROUTES.values():
             raise ValueError("Unknown route {!r}".format(beat["route"]))
         for r in range(R):
-            scalar = beat["scalar"][0 if route == ROUTES["SHARED_SCALAR"] else r]
-            vector = beat["vector"][0 if route == ROUTES["SHARED_VECTOR"] else r]
+            scalar = beat["scalar"][0 if route == contract.PERoute.SHARED_SCALAR else r]
+            vector = beat["vector"][0 if route == contract.PERoute.SHARED_VECTOR else r]
             op.check(scalar, "scalar operand")
             for l in range(V):
                 op.check(vector[l], "vector operand")

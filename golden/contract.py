@@ -30,15 +30,16 @@ Rules
   root and reciprocal; GELU by a 256-entry int8 -> int8 table built from the layer's scales.
 """
 
+import enum
 import math
 from dataclasses import dataclass
 from fractions import Fraction
 
 __all__ = [
     "IntFormat", "ACT", "WEIGHT", "DELTA", "PROB", "PE_OPERAND", "REQ_MULT", "REQ_SHIFT",
-    "ROUNDING", "ceil_log2", "product_format", "accumulator_format", "linear_reduction_terms",
-    "round_shift", "requantize", "quantize_multiplier",
-    "pack_bitmap", "unpack_bitmap", "pack_values", "bitmap_words",
+    "ROUNDING", "ceil_log2", "bits_for", "log2_exact", "PERoute", "product_format",
+    "accumulator_format", "linear_reduction_terms", "round_shift", "requantize",
+    "quantize_multiplier", "pack_bitmap", "unpack_bitmap", "pack_values", "bitmap_words",
     "RESID", "EXP2_FRAC_BITS", "EXP2_LUT", "EXP2_ONE", "SOFTMAX_RECIP_BITS", "PROB_FRAC_BITS",
     "LN_FRAC_BITS", "LN_RECIP_BITS", "div_half_up", "exp2_neg", "softmax_row", "layernorm_row",
     "gelu_table", "real_to_int",
@@ -127,6 +128,38 @@ def ceil_log2(n):
     if not isinstance(n, int) or n < 1:
         raise ValueError("ceil_log2 needs a positive integer, not {!r}".format(n))
     return (n - 1).bit_length()
+
+
+def bits_for(count):
+    """Bits of an unsigned index ``0 .. count - 1``, at least 1: ``max(1, ceil_log2(count))``.
+
+    ``count >= 1``; a one-value index still gets a (constant zero) bit, so that every port and
+    register field exists.
+    """
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise ValueError("bits_for needs a positive integer count, not {!r}".format(count))
+    return max(1, ceil_log2(count))
+
+
+def log2_exact(n):
+    """``b`` with ``2**b == n``, for a power of two ``n >= 1``; :exc:`ValueError` otherwise."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1 or n & (n - 1):
+        raise ValueError("log2_exact needs a positive power of two, not {!r}".format(n))
+    return n.bit_length() - 1
+
+
+class PERoute(enum.IntEnum):
+    """Codes of the PE array's operand routes (``route`` of an input beat).
+
+    :class:`hw.pe_array.Route` takes its values from here; the reference models and the
+    testbenches use these codes.
+    """
+    #: ``scalar[0]`` to every row, ``vector[r]`` to row ``r`` (linear projection).
+    SHARED_SCALAR = 0
+    #: ``vector[0]`` to every row, ``scalar[r]`` to row ``r`` (attention QK^T and A.V).
+    SHARED_VECTOR = 1
+    #: ``scalar[r]`` and ``vector[r]`` to row ``r``.
+    PER_ROW = 2
 
 
 def product_format(a, b):

@@ -13,6 +13,9 @@ Data flow of one block (formats in brackets, scales fixed at quantisation time):
     x -> LayerNorm -> [int8] -> fc1 -> [int8] -> GELU table -> [int8] -> fc2
     x += fc2(...) [RESID]
 
+The dataflow itself is the float model's (:func:`golden.vidt.block_dataflow`); :class:`IntBlock`
+supplies the integer ops, through which the execution hooks (:class:`Execution`) run.
+
 The embedding takes pixels as int8 (``pixel - 128``), its standardisation folded into its
 weights and bias; the positional embedding is added in RESID. The head is a final LayerNorm,
 an integer mean over tokens (:func:`golden.contract.div_half_up`) and a linear layer whose
@@ -31,7 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from golden import contract, qtorch
-from golden.vidt import VidT, tubelets
+from golden.vidt import VidT, block_dataflow, tubelets
 
 __all__ = ["int_matmul", "attention_core", "QLinear", "QLayerNorm", "IntBlock", "IntVidT",
            "quantize_vidt", "calibrate", "Tokens", "Execution"]
@@ -212,7 +215,8 @@ def attention_core(q, k, v, keep, softmax_mult, softmax_shift, attn_mult, attn_s
 
 @dataclass
 class IntBlock:
-    """One integer transformer block (see the module docstring)."""
+    """One integer transformer block (see the module docstring); :meth:`forward` runs
+    :func:`golden.vidt.block_dataflow` with the integer ops of :class:`_IntOps`."""
     norm1: QLayerNorm
     qkv: QLinear
     softmax_mult: int
@@ -226,34 +230,45 @@ class IntBlock:
     fc2: QLinear
     heads: int
 
-    def attention(self, x, run, index, tokens):
-        """Multi-head attention of RESID tokens ``x`` ``[B, N, d]`` under execution ``run``.
+    def forward(self, x, run, index, tokens):
+        """RESID tokens ``x`` ``[B, N, d]`` of block ``index`` under execution ``run`` ->
+        ``(x [B, N, d] RESID, k [B, heads, N, head_dim] int8)``."""
+        return block_dataflow(_IntOps(self, run, index, tokens), x)
 
-        Returns ``(out [B, N, d] int8, k [B, heads, N, head_dim] int8)``.
-        """
-        b, n, d = x.shape
-        hd = d // self.heads
-        qkv = self.qkv.requantize(run.linear(index, "qkv", self.qkv, self.norm1(x), tokens))
-        q, k, v = qkv.reshape(b, n, 3, self.heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
+
+class _IntOps:
+    """The integer ops of :func:`golden.vidt.block_dataflow` for one block under an execution:
+    every token-wise layer runs through ``run.linear`` (delta projections) and is requantised
+    into its output format, attention through ``run.attention_keep`` (sub-vector sparsity) and
+    :func:`attention_core`, and the residual adds saturate into RESID."""
+
+    def __init__(self, blk, run, index, tokens):
+        self.blk, self.run, self.index, self.tokens = blk, run, index, tokens
+        self.heads, self.norm1, self.norm2 = blk.heads, blk.norm1, blk.norm2
+
+    def linear(self, name, x):
+        layer = getattr(self.blk, name)
+        return layer.requantize(self.run.linear(self.index, name, layer, x, self.tokens))
+
+    def attend(self, q, k, v):
+        blk, run, index = self.blk, self.run, self.index
+        b, heads, n, hd = q.shape
         keep = run.attention_keep(index, q, k)
-        computed = b * self.heads * n * n if keep is None else int(keep.sum())
-        run.count(index, "qk", b * self.heads * n * n * hd, computed * hd)
-        run.count(index, "av", b * self.heads * n * n * hd, computed * hd)
-        scores, p, pv, o = attention_core(q, k, v, keep, self.softmax_mult, self.softmax_shift,
-                                          self.attn_mult, self.attn_shift)
+        computed = b * heads * n * n if keep is None else int(keep.sum())
+        run.count(index, "qk", b * heads * n * n * hd, computed * hd)
+        run.count(index, "av", b * heads * n * n * hd, computed * hd)
+        scores, p, pv, o = attention_core(q, k, v, keep, blk.softmax_mult, blk.softmax_shift,
+                                          blk.attn_mult, blk.attn_shift)
         run.trace(index, "attention", q=q, k=k, v=v, keep=keep, scores=scores, probs=p, pv=pv,
                   out=o)
-        return o.transpose(1, 2).reshape(b, n, d), k
+        return o
 
-    def forward(self, x, run, index, tokens):
-        o, k = self.attention(x, run, index, tokens)
-        y = self.proj.requantize(run.linear(index, "proj", self.proj, o, tokens))
-        x = qtorch.saturate(x + y, contract.RESID)
-        h = qtorch.gelu(self.fc1.requantize(run.linear(index, "fc1", self.fc1, self.norm2(x),
-                                                       tokens)), self.gelu)
-        y = self.fc2.requantize(run.linear(index, "fc2", self.fc2, h, tokens))
-        x = qtorch.saturate(x + y, contract.RESID)
-        return x, k
+    @staticmethod
+    def residual(x, y):
+        return qtorch.saturate(x + y, contract.RESID)
+
+    def gelu(self, h):
+        return qtorch.gelu(h, self.blk.gelu)
 
 
 class IntVidT:
@@ -293,33 +308,16 @@ class IntVidT:
 
 
 def _float_sites(model, videos):
-    """Float activations at every quantisation site (for calibration)."""
-    cfg = model.cfg
+    """Float activations at every quantisation site (for calibration), collected by the
+    ``observe`` hook of the float forward pass: ``"resid"`` (every residual-stream point, the
+    embedded tokens included), ``"{block}.{name}"`` for each block's other points
+    (:func:`golden.vidt.block_dataflow`) and ``"norm"`` (the final LayerNorm output)."""
     sites = {}
 
-    def put(name, t):
-        sites.setdefault(name, []).append(t.detach())
-    x = model.tokens(videos)
-    put("resid", x)
-    for i, blk in enumerate(model.blocks):
-        a = blk.norm1(x)
-        put(f"{i}.ln1", a)
-        b, n, d = a.shape
-        qkv = blk.attn.qkv(a).reshape(b, n, 3, cfg.heads, d // cfg.heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        put(f"{i}.q", q), put(f"{i}.k", k), put(f"{i}.v", v)
-        attn = torch.softmax((q * blk.attn.scale) @ k.transpose(-2, -1), dim=-1)
-        o = (attn @ v).transpose(1, 2).reshape(b, n, d)
-        put(f"{i}.o", o)
-        x = x + blk.attn.proj(o)
-        put("resid", x)
-        h = blk.mlp.fc1(blk.norm2(x))
-        put(f"{i}.ln2", blk.norm2(x)), put(f"{i}.fc1", h)
-        g = torch.nn.functional.gelu(h)
-        put(f"{i}.gelu", g)
-        x = x + blk.mlp.fc2(g)
-        put("resid", x)
-    put("norm", model.norm(x))
+    def observe(block, name, t):
+        key = name if name in ("resid", "norm") else f"{block}.{name}"
+        sites.setdefault(key, []).append(t.detach())
+    model(videos, observe=observe)
     return sites
 
 

@@ -451,7 +451,7 @@ def _stats(pruner: STAPruner, seen: list) -> dict:
 
 @torch.no_grad()
 def forward_float_sta(model, videos: torch.Tensor, r: int):
-    """Float :class:`golden.vidt.VidT` forward with STA pruning.
+    """Float :class:`golden.vidt.VidT` forward with STA pruning (its ``prune`` hook).
 
     Parameters
     ----------
@@ -472,12 +472,12 @@ def forward_float_sta(model, videos: torch.Tensor, r: int):
     """
     cfg = model.cfg
     pruner = STAPruner(cfg.n_t, cfg.n_s, r, cfg.depth)
-    x, seen = model.tokens(videos), []
-    for i, blk in enumerate(model.blocks):
-        seen.append(x.shape[1])
-        x, k = blk(x, return_keys=True)
-        x = pruner.prune(i, x, k)
-    return model.head_forward(x), _stats(pruner, seen)
+    seen = []
+
+    def prune(block, x, keys):
+        seen.append(x.shape[1])     # a block keeps its tokens: the count that entered it
+        return pruner.prune(block, x, keys)
+    return model(videos, prune=prune), _stats(pruner, seen)
 
 
 def _sta_execution(pruner: STAPruner):

@@ -21,23 +21,32 @@ Tubelet flattening
 what an integer / hardware implementation needs.
 
 Every layer is a separate module (:class:`TubeletEmbed`, :class:`Attention`, :class:`Mlp`,
-:class:`Block`) so that integer variants and sparsity hooks can replace or wrap them; attention
-projects ``q, k, v`` with one ``qkv`` linear and exposes its keys (``return_keys``), the metric
-of STA token pruning.
+:class:`Block`); attention projects ``q, k, v`` with one ``qkv`` linear and exposes its keys
+(``return_keys``), the metric of STA token pruning.
+
+One dataflow
+------------
+The block's dataflow is written once, in :func:`block_dataflow`, parameterised by its ops:
+:class:`Block` supplies the float ones, :class:`golden.intvidt.IntBlock` the integer ones (with
+the execution hooks of the sparsity techniques). Its ``observe`` hook sees every named tensor
+point, which is how :func:`golden.intvidt.calibrate` collects activation ranges from this
+forward pass; :meth:`VidT.forward` also takes a token ``prune`` hook (STA,
+:func:`golden.sta.forward_float_sta`).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
-    "VidTConfig", "tubelets", "sincos_pos_embed", "TubeletEmbed", "Attention", "Mlp", "Block",
-    "VidT",
+    "VidTConfig", "tubelets", "sincos_pos_embed", "split_heads", "merge_heads", "block_dataflow",
+    "TubeletEmbed", "Attention", "Mlp", "Block", "VidT",
 ]
 
 
@@ -200,12 +209,86 @@ class TubeletEmbed(nn.Module):
         return self.proj(tubelets(x, self.cfg))
 
 
-class Attention(nn.Module):
-    """Multi-head self-attention with a fused ``qkv`` projection and an output projection.
+def split_heads(qkv: torch.Tensor, heads: int):
+    """Fused ``qkv`` projections ``[B, N, 3 d]`` -> ``q, k, v``, each ``[B, heads, N, d /
+    heads]``. Features are ordered ``(which in q/k/v, head, head_dim)``, the timm / VideoMAE
+    layout, so ``qkv.weight[d:2d]`` are the key weights of heads 0, 1, ..."""
+    b, n, width = qkv.shape
+    qkv = qkv.reshape(b, n, 3, heads, width // (3 * heads)).permute(2, 0, 3, 1, 4)
+    return qkv.unbind(0)
 
-    ``qkv`` output features are ordered ``(which in q/k/v, head, head_dim)``, the timm /
-    VideoMAE layout, so ``qkv.weight[d:2d]`` are the key weights of heads 0, 1, ...
+
+def merge_heads(o: torch.Tensor) -> torch.Tensor:
+    """Per-head outputs ``[B, heads, N, hd]`` -> tokens ``[B, N, heads * hd]``."""
+    b, heads, n, hd = o.shape
+    return o.transpose(1, 2).reshape(b, n, heads * hd)
+
+
+def _unobserved(name, tensor):
+    pass
+
+
+def _at_block(observe, block):
+    """A model-level ``observe(block, name, tensor)`` as the block-level ``observe(name,
+    tensor)`` of ``block`` (``None`` stays ``None``)."""
+    return None if observe is None else partial(observe, block)
+
+
+def block_dataflow(ops, x, observe=None):
+    """The dataflow of one pre-LayerNorm block, written once for the float and integer models.
+
+    ``LN1 -> qkv -> attention -> proj -> +residual -> LN2 -> fc1 -> GELU -> fc2 -> +residual``
+    on tokens ``x`` ``[B, N, d]`` (any ``N``: pruning shrinks it). ``ops`` supplies the
+    arithmetic: :class:`Block` the float ops, :class:`golden.intvidt.IntBlock` (bound to an
+    execution) the integer ones, whose hooks (delta projections in ``linear``, sub-vector
+    attention in ``attend``) thus sit at the same points of the same dataflow.
+
+    Parameters
+    ----------
+    ops : object
+        ``heads``; ``norm1(x)``, ``norm2(x)``; ``linear(name, x)`` for the token-wise layers
+        ``"qkv"``, ``"proj"``, ``"fc1"``, ``"fc2"``; ``attend(q, k, v) -> [B, heads, N, hd]``
+        (softmax attention of the heads); ``residual(x, y)`` (the residual add); ``gelu(h)``.
+    x : torch.Tensor
+        Block input (the residual stream).
+    observe : callable, optional
+        ``observe(name, tensor)`` at every named point: ``"ln1"``, ``"q"``, ``"k"``, ``"v"``
+        (``[B, heads, N, hd]``), ``"o"`` (merged attention output, the ``proj`` input),
+        ``"resid"`` (after the attention residual add), ``"ln2"``, ``"fc1"``, ``"gelu"``,
+        ``"resid"`` (the block output). Calibration (:func:`golden.intvidt.calibrate`)
+        collects its activation ranges here.
+
+    Returns
+    -------
+    x : torch.Tensor
+        Block output ``[B, N, d]``.
+    k : torch.Tensor
+        The attention keys ``[B, heads, N, hd]`` (the STA pruning metric).
     """
+    see = observe or _unobserved
+    a = ops.norm1(x)
+    see("ln1", a)
+    q, k, v = split_heads(ops.linear("qkv", a), ops.heads)
+    see("q", q), see("k", k), see("v", v)
+    o = merge_heads(ops.attend(q, k, v))
+    see("o", o)
+    x = ops.residual(x, ops.linear("proj", o))
+    see("resid", x)
+    a = ops.norm2(x)
+    see("ln2", a)
+    h = ops.linear("fc1", a)
+    see("fc1", h)
+    g = ops.gelu(h)
+    see("gelu", g)
+    x = ops.residual(x, ops.linear("fc2", g))
+    see("resid", x)
+    return x, k
+
+
+class Attention(nn.Module):
+    """Parameters of multi-head self-attention: a fused ``qkv`` projection (features in the
+    :func:`split_heads` layout) and an output projection ``proj``; :meth:`attend` is the
+    softmax attention of the heads. :func:`block_dataflow` runs them."""
 
     def __init__(self, dim: int, heads: int, qkv_bias: bool = True):
         super().__init__()
@@ -215,39 +298,28 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, return_keys: bool = False):
-        """Attend over all tokens of ``x`` ``[B, N, d]`` (any ``N``: pruning shrinks it).
-
-        Returns
-        -------
-        out : torch.Tensor
-            ``[B, N, d]``.
-        keys : torch.Tensor, optional
-            ``[B, heads, N, head_dim]``, only when ``return_keys``.
-        """
-        b, n, d = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)                                         # [B, heads, N, hd]
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``softmax(q k^T / sqrt(hd)) v`` per head, ``[B, heads, N, hd]``."""
         attn = torch.softmax((q * self.scale) @ k.transpose(-2, -1), dim=-1)
-        out = (attn @ v).transpose(1, 2).reshape(b, n, d)
-        out = self.proj(out)
-        return (out, k) if return_keys else out
+        return attn @ v
 
 
 class Mlp(nn.Module):
-    """Token-wise MLP ``fc1 -> GELU (exact erf) -> fc2``."""
+    """Parameters of the token-wise MLP ``fc1 -> GELU (exact erf) -> fc2`` (run by
+    :func:`block_dataflow`)."""
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
-
 
 class Block(nn.Module):
-    """Pre-LayerNorm transformer block: ``x + attn(ln1(x))``, then ``x + mlp(ln2(x))``."""
+    """Pre-LayerNorm transformer block: ``x + attn(ln1(x))``, then ``x + mlp(ln2(x))``.
+
+    The block is the float ``ops`` of :func:`block_dataflow`: ``norm1``, ``norm2``,
+    :meth:`linear`, :meth:`attend`, :meth:`residual`, :meth:`gelu`.
+    """
 
     def __init__(self, cfg: VidTConfig):
         super().__init__()
@@ -256,12 +328,29 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(cfg.dim, eps=cfg.ln_eps)
         self.mlp = Mlp(cfg.dim, cfg.mlp_ratio * cfg.dim)
 
-    def forward(self, x: torch.Tensor, return_keys: bool = False):
-        """``[B, N, d]`` -> ``[B, N, d]`` (and the attention keys when ``return_keys``)."""
-        a = self.attn(self.norm1(x), return_keys=return_keys)
-        a, keys = a if return_keys else (a, None)
-        x = x + a
-        x = x + self.mlp(self.norm2(x))
+    @property
+    def heads(self) -> int:
+        return self.attn.heads
+
+    def linear(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """Token-wise layer ``name`` (``qkv``, ``proj``: attention; ``fc1``, ``fc2``: MLP)."""
+        return getattr(self.attn if name in ("qkv", "proj") else self.mlp, name)(x)
+
+    def attend(self, q, k, v):
+        return self.attn.attend(q, k, v)
+
+    @staticmethod
+    def residual(x, y):
+        return x + y
+
+    @staticmethod
+    def gelu(h):
+        return F.gelu(h)
+
+    def forward(self, x: torch.Tensor, return_keys: bool = False, observe=None):
+        """``[B, N, d]`` -> ``[B, N, d]`` (and the attention keys when ``return_keys``);
+        ``observe`` as in :func:`block_dataflow`."""
+        x, keys = block_dataflow(self, x, observe)
         return (x, keys) if return_keys else x
 
 
@@ -308,12 +397,15 @@ class VidT(nn.Module):
         x = (x - self.cfg.input_mean) / self.cfg.input_std
         return self.embed(x) + self.pos_embed
 
-    def head_forward(self, x: torch.Tensor) -> torch.Tensor:
+    def head_forward(self, x: torch.Tensor, observe=None) -> torch.Tensor:
         """Final LayerNorm, mean pooling over the tokens present, classifier: ``[B, N, d]`` ->
-        ``[B, classes]``."""
-        return self.head(self.norm(x).mean(dim=1))
+        ``[B, classes]``; ``observe("norm", LayerNorm output)`` when given."""
+        n = self.norm(x)
+        if observe is not None:
+            observe("norm", n)
+        return self.head(n.mean(dim=1))
 
-    def forward(self, x: torch.Tensor, return_keys: bool = False):
+    def forward(self, x: torch.Tensor, return_keys: bool = False, *, observe=None, prune=None):
         """Classify clips.
 
         Parameters
@@ -322,6 +414,13 @@ class VidT(nn.Module):
             ``[B, C, T, H, W]`` float clips (the benchmark uses ``[0, 1]`` pixels).
         return_keys : bool
             Also return each block's attention keys.
+        observe : callable, optional
+            ``observe(block, name, tensor)`` at every named point of the forward pass: block
+            ``-1`` ``"resid"`` (the embedded tokens), each block's points of
+            :func:`block_dataflow`, block ``depth`` ``"norm"`` (the final LayerNorm output).
+        prune : callable, optional
+            Token pruning hook ``prune(block, x, keys) -> x`` after every block (e.g.
+            :meth:`golden.sta.STAPruner.prune`); the next block and the head see its tokens.
 
         Returns
         -------
@@ -331,12 +430,14 @@ class VidT(nn.Module):
             One ``[B, heads, N, head_dim]`` tensor per block, when ``return_keys``.
         """
         x = self.tokens(x)
+        if observe is not None:
+            observe(-1, "resid", x)
         keys = []
-        for blk in self.blocks:
+        for i, blk in enumerate(self.blocks):
+            x, k = blk(x, return_keys=True, observe=_at_block(observe, i))
             if return_keys:
-                x, k = blk(x, return_keys=True)
                 keys.append(k)
-            else:
-                x = blk(x)
-        logits = self.head_forward(x)
+            if prune is not None:
+                x = prune(i, x, k)
+        logits = self.head_forward(x, _at_block(observe, len(self.blocks)))
         return (logits, keys) if return_keys else logits

@@ -2,14 +2,18 @@
 
 Each function builds combinational logic that computes exactly what the contract's scalar
 function of the same name computes; ``tests/test_contract.py`` checks this exhaustively at small
-widths and randomly at full width.
+widths and randomly at full width. :func:`bits_for` and :func:`log2_exact` (elaboration-time
+widths, re-exported from the contract) are the exception: they compute on Python ``int``.
 """
 
 from amaranth.hdl import Const, Mux, signed, unsigned
 
 from golden import contract
+# Widths of indices: stdlib-only, in the contract, so that hw.config (no Amaranth) uses them too.
+from golden.contract import bits_for, log2_exact
 
-__all__ = ["shape_of", "saturate", "round_shift", "requantize", "requantize_product", "fits"]
+__all__ = ["shape_of", "saturate", "round_shift", "requantize", "requantize_product", "fits",
+           "bits_for", "log2_exact"]
 
 
 def shape_of(fmt):

@@ -25,7 +25,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from golden import contract
-from hw import arith
+from hw import arith, bitpick
 
 __all__ = ["bitmap_map_layout", "bitmap_value_layout", "bitmap_pair_layout", "BitmapDecoder"]
 
@@ -100,16 +100,7 @@ class BitmapDecoder(wiring.Component):
         vals_done = Signal()    # the token's values ran out early (already at a boundary)
 
         # Up to k lowest set bits of the current word.
-        pos, present = [], []
-        rem = cur_word
-        for j in range(k):
-            p = Signal(range(B), name=f"pos_{j}")
-            for b in reversed(range(B)):
-                with m.If(rem[b]):
-                    m.d.comb += p.eq(b)
-            pos.append(p)
-            present.append(rem != 0)
-            rem = rem & (rem - 1)           # clear the lowest set bit
+        pos, present, rem = bitpick.pick_lowest(m, cur_word, k, name="pos")
         rem_after = Signal(B)
         n = Signal(range(k + 1))
         m.d.comb += [rem_after.eq(rem), n.eq(sum(present))]
@@ -134,7 +125,7 @@ class BitmapDecoder(wiring.Component):
         with m.If(emit):
             m.d.sync += [o.valid.eq(1), o.payload.last.eq(tok_end),
                          o.payload.count.eq(Mux(consume, n, 0))]
-            base = Cat(Const(0, contract.ceil_log2(B)), cur_widx)
+            base = Cat(Const(0, contract.log2_exact(B)), cur_widx)
             for j in range(k):
                 m.d.sync += [o.payload.index[j].eq(Mux(present[j], base + pos[j], 0)),
                              o.payload.value[j].eq(Mux(present[j], vbuf[j], 0))]

@@ -111,7 +111,7 @@ class RTSAConfig:
     @property
     def index_bits(self):
         """Bits of an element index of a token (``0 .. max_reduction - 1``)."""
-        return max(1, contract.ceil_log2(self.max_reduction))
+        return contract.bits_for(self.max_reduction)
 
     @property
     def head_dim(self):
@@ -126,15 +126,15 @@ class RTSAConfig:
 
     @property
     def block_bits(self):
-        return max(1, contract.ceil_log2(self.max_blocks))
+        return contract.bits_for(self.max_blocks)
 
     @property
     def column_bits(self):
-        return max(1, contract.ceil_log2(self.max_tokens))
+        return contract.bits_for(self.max_tokens)
 
     @property
     def position_bits(self):
-        return max(1, contract.ceil_log2(self.max_positions))
+        return contract.bits_for(self.max_positions)
 
     @property
     def macs_per_cycle(self):

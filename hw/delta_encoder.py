@@ -64,7 +64,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from golden import contract
-from hw import arith
+from hw import arith, bitpick
 from hw.bitmap_decoder import bitmap_map_layout, bitmap_value_layout
 from hw.config import RTSAConfig
 
@@ -267,18 +267,10 @@ class DeltaEncoder(wiring.Component):
         # stage 1, or when the token ends. Otherwise it waits in the carry.
         carry = Signal(data.ArrayLayout(op, k))
         ccnt = Signal(range(k + 1))
-        rem = s2_rem
-        picked, present = [], []
-        for j in range(k):
-            p = Signal(range(e), name=f"pick_pos_{j}")
-            for b in reversed(range(e)):
-                with m.If(rem[b]):
-                    m.d.comb += p.eq(b)     # the lowest set bit wins
-            v = Signal(op, name=f"pick_{j}")
-            m.d.comb += v.eq(Mux(rem != 0, s2_vals[p], 0))   # zero: the padding of a beat
-            picked.append(v)
-            present.append(rem != 0)
-            rem = rem & (rem - 1)           # clear the lowest set bit
+        pick_pos, present, rem = bitpick.pick_lowest(m, s2_rem, k, name="pick_pos")
+        picked = [Signal(op, name=f"pick_{j}") for j in range(k)]
+        for v, p, there in zip(picked, pick_pos, present):
+            m.d.comb += v.eq(Mux(there, s2_vals[p], 0))     # zero: the padding of a beat
         rem_after = Signal(e)
         n = Signal(range(k + 1))
         total = Signal(range(2 * k + 1))

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from hw.config import PRESETS, preset
-from sim.runner import DESIGNS, write_verilog
+from hw.designs import DESIGNS, write_verilog
 
 __all__ = ["generate", "main", "DEFAULT_PRESETS"]
 

@@ -19,60 +19,48 @@ multiplier and shift, see :func:`channel_words`). The shape, threshold and contr
 registers of :class:`hw.linear_engine.LinearEngine` (see :data:`REGISTERS`).
 """
 
-import enum as py_enum
+from types import SimpleNamespace
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out, connect
 
 from golden import contract
 from hw import arith
+from hw.arith import bits_for, log2_exact
 from hw.bitmap_decoder import BitmapDecoder
 from hw.delta_encoder import DeltaEncoder, token_layout
+from hw.engine import EngineControl, EngineRegisters, RegisterSignature, Setting
 from hw.packing import pack_layout
-from hw.pe_array import Route, pe_ports, use_pe
-from hw.registers import register_port, register_reads
+from hw.pe_array import PEClientSignature, Route
 
-__all__ = ["Reg", "REGISTERS", "Ctrl", "Status", "LinearEngine", "weight_words",
-           "channel_words", "engine_limits", "linear_output_layout", "weight_load_layout",
+__all__ = ["REGISTERS", "LinearEngine", "weight_words", "channel_words", "engine_limits",
+           "activation_layout", "linear_output_layout", "weight_load_layout",
            "channel_load_layout"]
 
 
-class Reg(py_enum.IntEnum):
-    """Register addresses (32-bit registers)."""
-    CTRL = 0        # W: Ctrl bits (start, clear_refs, clear_error, reset_load are pulses)
-    STATUS = 1      # R: Status bits
-    D_IN = 2        # RW: input width d_in (multiple of bitmap_word)
-    D_OUT = 3       # RW: output width d_out (multiple of lanes)
-    TOKENS = 4      # RW: tokens in the run (the run is done when all have left)
-    TAU = 5         # RW: delta threshold (int8 units)
-    MODE = 6        # RW: bit 0 delta_enable (0: dense baseline), bit 1 wide output (int16)
-    CYCLES = 8      # R: cycles from start to done
-    BUSY = 9        # R: cycles the PE array accepted an operand beat
-    MAC_LANES = 10  # R: lane-cycles doing a multiply-accumulate (active rows x lanes)
-    TOKENS_OUT = 11 # R: tokens emitted
-    PAIRS = 12      # R: (index, value) pairs the PE array processed (per chunk)
-
-
-REGISTERS = {r.name: int(r) for r in Reg}
-
-
-class Ctrl(py_enum.IntFlag):
-    START = 1
-    CLEAR_REFS = 2
-    CLEAR_ERROR = 4
-    RESET_LOAD = 8
-
-
-class Status(py_enum.IntFlag):
-    RUNNING = 1
-    DONE = 2
-    ERROR = 4
-    ERR_CONFIG = 1 << 8     # shape registers out of range (the run does not start)
-    ERR_TOKEN = 1 << 9      # a token's length disagreed with d_in (delta encoder)
-    ERR_STREAM = 1 << 10    # bitmap and value counts disagreed (bitmap decoder)
-    ERR_OVERFLOW = 1 << 11  # an accumulator or y = y_ref + acc left its format
+#: The linear engine's registers (:mod:`hw.engine`).
+REGISTERS = EngineRegisters(
+    "linear",
+    settings=[
+        Setting("d_in", doc="input width d_in (multiple of bitmap_word)"),
+        Setting("d_out", doc="output width d_out (multiple of lanes)"),
+        Setting("tokens", doc="tokens in the run (the run is done when all have left)"),
+        Setting("tau", 8, doc="delta threshold (int8 units)"),
+        Setting("mode", data.StructLayout({"delta_enable": 1, "wide": 1}),
+                init={"delta_enable": 1},
+                doc="delta_enable (0: dense baseline), wide (int16 outputs)"),
+    ],
+    errors=("token",        # a token's length disagreed with d_in (delta encoder)
+            "stream",       # bitmap and value counts disagreed (bitmap decoder)
+            "overflow"),    # an accumulator or y = y_ref + acc left its format
+    counters=("busy",       # cycles the PE array accepted an operand beat
+              "mac_lanes",  # lane-cycles doing a multiply-accumulate (active rows x lanes)
+              "tokens_out", # tokens emitted
+              "pairs"),     # (index, value) pairs the PE array processed (per chunk)
+    pulses=("clear_refs",   # forget every delta reference (the next token per position is dense)
+            "reset_load"))  # restart the weight and channel-constant load addresses
 
 
 def engine_limits(config):
@@ -106,10 +94,6 @@ def channel_words(config, bias, mult, shift):
              "shift": list(shift[s:s + V])} for s in range(0, len(bias), V)]
 
 
-def _log2(n):
-    return n.bit_length() - 1
-
-
 def weight_load_layout(config):
     """One ``w_load`` beat: ``lanes`` weights of one row (see :func:`weight_words`)."""
     return data.StructLayout({"data": data.ArrayLayout(arith.shape_of(contract.WEIGHT),
@@ -125,50 +109,84 @@ def channel_load_layout(config):
         "shift": data.ArrayLayout(arith.shape_of(contract.REQ_SHIFT), V)})
 
 
-def linear_output_layout(config):
-    """One output beat: ``lanes`` consecutive channels of a token, ``last`` on its final beat."""
+def activation_layout(config):
+    """One activation beat between stages: ``lanes`` consecutive channels of a token (int8
+    values, or int16 in the linear engine's wide mode), ``last`` on its final beat."""
     return data.StructLayout({"data": data.ArrayLayout(signed(16), config.lanes), "last": 1})
 
 
+#: The linear engine's output beats are activation beats.
+linear_output_layout = activation_layout
+
+
+def _feed_layout(config, chunk_shape):
+    """One beat in the feeder's pair-read (S1) and weight-read (S2) stages."""
+    return data.StructLayout({
+        "valid": 1,
+        "first": 1,                             # opens the chunk's accumulation
+        "last": 1,                              # closes it
+        "null": 1,                              # a token with no pairs (closes each chunk)
+        "chunk": chunk_shape,
+        "pos": unsigned(config.position_bits),  # spatial position (delta reference)
+        "dense": 1,                             # the token is dense (no reference)
+        "bank": unsigned(bits_for(config.decode_width)),   # S1: pair bank to read
+        "value": arith.shape_of(config.operand_format),    # S2: the pair's value
+    })
+
+
+def _tag_layout(config, chunk_shape):
+    """What travels with an accumulation through the PE array (the engine's tag FIFO)."""
+    return data.StructLayout({"pos": unsigned(config.position_bits), "dense": 1,
+                              "tok_last": 1, "chunk": chunk_shape})
+
+
 class LinearEngine(wiring.Component):
-    """Sparse (delta) linear projection on the shared PE array.
+    """Sparse (delta) linear projection, a client of the shared PE array.
 
     Parameters
     ----------
     config : :class:`hw.config.RTSAConfig`
-        ``rows`` must be a power of two (chunk arithmetic is a shift).
-    external_pe : bool
-        Drive a PE array outside the engine through ``pe_i``/``pe_o`` (:func:`pe_ports`)
-        instead of an array of its own.
+        ``rows`` and ``decode_width`` must be powers of two (chunk and bank arithmetic are
+        shifts).
 
     Attributes
     ----------
     i : ``In(stream)`` of :func:`hw.delta_encoder.token_layout` beats: int8 tokens,
         ``bitmap_word`` elements per beat, with their spatial position.
-    o : ``Out(stream)`` of output rows ``{"data": lanes x int16, "last"}``: ``d_out / lanes``
-        beats per token in channel order, ``last`` on a token's final beat; values are
-        saturated to int8, or int16 in wide mode.
+    o : ``Out(stream)`` of :func:`activation_layout` beats: ``d_out / lanes`` beats per token
+        in channel order, ``last`` on a token's final beat; values are saturated to int8, or
+        int16 in wide mode.
     w_load, c_load : ``In(stream)``
-        Weight and channel-constant loading (see :func:`weight_words`, :func:`channel_words`).
-    csr_addr, csr_w_en, csr_w_data, csr_r_data :
-        Register port: a write takes effect at the clock edge; ``csr_r_data`` shows the
-        register at ``csr_addr`` one cycle later.
+        Weight and channel-constant loading while idle (see :func:`weight_words`,
+        :func:`channel_words`).
+    pe : ``Out(PEClientSignature)``
+        Its port of the PE array.
+    csr : ``In(RegisterSignature)``
+        Registers :data:`REGISTERS`.
+
+    Errors: ``config`` (a START with a shape out of range: the run does not start and no token
+    is taken), ``token`` (a token's beats disagree with ``d_in``: it is cut or padded, the run
+    goes on), ``stream`` (decoder counts disagree), ``overflow`` (``y`` left the accumulator
+    format; the value wraps).
+
+    Throughput: one (index, value) pair per cycle per output chunk of ``rows x lanes``
+    channels (a token with no sent pair still costs one beat per chunk).
     """
 
-    def __init__(self, config, *, external_pe=False):
-        R = config.rows
-        if R & (R - 1):
-            raise ValueError("LinearEngine needs a power-of-two number of rows, not {!r}"
-                             .format(R))
+    registers = REGISTERS
+
+    def __init__(self, config):
+        for what, n in (("rows", config.rows), ("decode_width", config.decode_width)):
+            if n & (n - 1):
+                raise ValueError("LinearEngine needs a power-of-two {}, not {!r}".format(what, n))
         self._config = config
-        self._external_pe = external_pe
         super().__init__({
-            **(pe_ports(config) if external_pe else {}),
             "i": In(stream.Signature(token_layout(config))),
-            "o": Out(stream.Signature(linear_output_layout(config))),
+            "o": Out(stream.Signature(activation_layout(config))),
             "w_load": In(stream.Signature(weight_load_layout(config))),
             "c_load": In(stream.Signature(channel_load_layout(config))),
-            **register_port(4),
+            "pe": Out(PEClientSignature(config)),
+            "csr": In(RegisterSignature(REGISTERS.addr_bits)),
         })
 
     @property
@@ -177,303 +195,269 @@ class LinearEngine(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        m.submodules.control = ctl = EngineControl(REGISTERS)
+        connect(m, wiring.flipped(self.csr), ctl.csr)
+        m.submodules.encoder = enc = DeltaEncoder(self._config)
+        m.submodules.decoder = dec = BitmapDecoder(self._config)
+        ns = self._shape(m, ctl)
+        ns.enc, ns.dec = enc, dec
+        m.d.comb += [enc.words.eq(ns.words), enc.tau.eq(ctl.settings.tau),
+                     enc.delta_enable.eq(ctl.settings.mode.delta_enable),
+                     enc.clear_refs.eq(ctl.pulse.clear_refs),
+                     enc.clear_error.eq(ctl.pulse.clear_error),
+                     ctl.raise_error.token.eq(enc.error),
+                     ctl.raise_error.stream.eq(dec.error),
+                     ctl.finished.eq(ctl.counters.tokens_out == ctl.settings.tokens)]
+        m.d.comb += [enc.i.valid.eq(self.i.valid & ctl.running), enc.i.payload.eq(self.i.payload),
+                     self.i.ready.eq(enc.i.ready & ctl.running)]
+        connect(m, enc.o_map, dec.i_map)
+        connect(m, enc.o_val, dec.i_val)
+        self._loading(m, ns)
+        self._pair_buffer(m, ns)
+        self._feeder(m, ns)
+        self._output_stage(m, ns)
+        return m
+
+    def _shape(self, m, ctl):
+        """The shape settings, their derived sizes and the configuration check."""
         cfg = self._config
-        R, V, K = cfg.rows, cfg.lanes, cfg.decode_width
-        E = cfg.bitmap_word
+        R, V, E = cfg.rows, cfg.lanes, cfg.bitmap_word
         max_d, max_out, w_depth = engine_limits(cfg)
         max_slices = max_out // V
-        acc_fmt = cfg.acc_format
-        acc_shape = arith.shape_of(acc_fmt)
-        op_shape = arith.shape_of(cfg.operand_format)
+        st = ctl.settings
+        ns = SimpleNamespace(ctl=ctl, max_d=max_d, max_slices=max_slices, w_depth=w_depth)
+        # Settings are kept whole so that a too-large value is refused, not truncated.
+        ns.d_in = Signal(range(max_d + 1))
+        ns.d_out = Signal(range(max_out + 1))
+        ns.words = Signal(range(max_d // E + 2))
+        ns.slices = Signal(range(max_slices + 2))
+        ns.chunks = Signal(range(max_slices + 2))
+        m.d.comb += [ns.d_in.eq(st.d_in), ns.d_out.eq(st.d_out),
+                     ns.words.eq(ns.d_in >> log2_exact(E)), ns.slices.eq(ns.d_out >> log2_exact(V)),
+                     ns.chunks.eq((ns.slices + R - 1) >> log2_exact(R))]
+        m.d.comb += ctl.config_ok.eq(
+            (st.d_in != 0) & (st.d_in[:log2_exact(E)] == 0) & (st.d_in <= max_d)
+            & (st.d_out != 0) & (st.d_out[:log2_exact(V)] == 0) & (st.d_out <= max_out)
+            & (ns.chunks * ns.d_in <= w_depth))
+        return ns
 
-        m.submodules.encoder = enc = DeltaEncoder(cfg)
-        m.submodules.decoder = dec = BitmapDecoder(cfg)
-        pe = use_pe(m, self, cfg, self._external_pe)
-
-        # ---- registers ----------------------------------------------------------------
-        d_in = Signal(range(max_d + 1))
-        d_out = Signal(range(max_out + 1))
-        tokens = Signal(32)
-        tau = Signal(8)
-        delta_enable = Signal(init=1)
-        wide = Signal()
-        running, done = Signal(), Signal()
-        err_config, err_token, err_stream, err_ovf = Signal(), Signal(), Signal(), Signal()
-        cycles, busy, mac_lanes, tokens_out, pairs = (Signal(32, name=n) for n in
-                                                      ("cycles", "busy", "mac_lanes",
-                                                       "tokens_out", "pairs"))
-        words = Signal(range(max_d // E + 2))
-        slices = Signal(range(max_slices + 2))
-        chunks = Signal(range(max_slices + 2))
-        m.d.comb += [words.eq(d_in >> _log2(E)), slices.eq(d_out >> _log2(V)),
-                     chunks.eq((slices + R - 1) >> _log2(R))]
-        config_ok = ((d_in != 0) & (d_in[:_log2(E)] == 0) & (d_in <= max_d)
-                     & (d_out != 0) & (d_out[:_log2(V)] == 0) & (d_out <= max_out)
-                     & (chunks * d_in <= w_depth))
-        start, clear_error, reset_load = Signal(), Signal(), Signal()
-        m.d.comb += [enc.words.eq(words), enc.tau.eq(tau), enc.delta_enable.eq(delta_enable)]
-
-        with m.If(self.csr_w_en):
-            with m.Switch(self.csr_addr):
-                with m.Case(Reg.CTRL):
-                    m.d.comb += [start.eq(self.csr_w_data[0]),
-                                 enc.clear_refs.eq(self.csr_w_data[1]),
-                                 clear_error.eq(self.csr_w_data[2]),
-                                 reset_load.eq(self.csr_w_data[3])]
-                with m.Case(Reg.D_IN):
-                    m.d.sync += d_in.eq(self.csr_w_data)
-                with m.Case(Reg.D_OUT):
-                    m.d.sync += d_out.eq(self.csr_w_data)
-                with m.Case(Reg.TOKENS):
-                    m.d.sync += tokens.eq(self.csr_w_data)
-                with m.Case(Reg.TAU):
-                    m.d.sync += tau.eq(self.csr_w_data)
-                with m.Case(Reg.MODE):
-                    m.d.sync += [delta_enable.eq(self.csr_w_data[0]), wide.eq(self.csr_w_data[1])]
-        m.d.comb += enc.clear_error.eq(clear_error)
-
-        status = Cat(running, done, err_config | err_token | err_stream | err_ovf,
-                     Const(0, 5), err_config, err_token, err_stream, err_ovf)
-        register_reads(m, self, (
-            (Reg.STATUS, status), (Reg.D_IN, d_in), (Reg.D_OUT, d_out), (Reg.TOKENS, tokens),
-            (Reg.TAU, tau), (Reg.MODE, Cat(delta_enable, wide)), (Reg.CYCLES, cycles),
-            (Reg.BUSY, busy), (Reg.MAC_LANES, mac_lanes), (Reg.TOKENS_OUT, tokens_out),
-            (Reg.PAIRS, pairs)))
-
-        with m.If(clear_error):
-            m.d.sync += [err_config.eq(0), err_stream.eq(0), err_ovf.eq(0)]
-        m.d.comb += err_token.eq(enc.error)
-        with m.If(dec.error):
-            m.d.sync += err_stream.eq(1)
-        with m.If(start):
-            m.d.sync += [cycles.eq(0), busy.eq(0), mac_lanes.eq(0), tokens_out.eq(0),
-                         pairs.eq(0), done.eq(0)]
-            with m.If(config_ok):
-                m.d.sync += running.eq(1)
-            with m.Else():
-                m.d.sync += [err_config.eq(1), running.eq(0)]
-        with m.Elif(running):
-            m.d.sync += cycles.eq(cycles + 1)
-            with m.If(tokens_out == tokens):
-                m.d.sync += [running.eq(0), done.eq(1)]
-
-        # ---- parameter loading -----------------------------------------------------------
-        w_mems = []
+    def _loading(self, m, ns):
+        """Weight and channel-constant buffers, written from ``w_load`` and ``c_load`` while
+        idle (``reset_load`` restarts the addresses)."""
+        cfg = self._config
+        R, V = cfg.rows, cfg.lanes
+        running, reset_load = ns.ctl.running, ns.ctl.pulse.reset_load
+        ns.w_mems = []
         for r in range(R):
             mem = Memory(shape=data.ArrayLayout(arith.shape_of(contract.WEIGHT), V),
-                         depth=w_depth, init=[])
+                         depth=ns.w_depth, init=[])
             m.submodules[f"weights_{r}"] = mem
-            w_mems.append(mem)
+            ns.w_mems.append(mem)
         w_row = Signal(range(R))
-        w_addr = Signal(range(w_depth + 1))
+        w_addr = Signal(range(ns.w_depth + 1))
+        w_take = self.w_load.valid & self.w_load.ready
         m.d.comb += self.w_load.ready.eq(~running)
-        for r, mem in enumerate(w_mems):
+        for r, mem in enumerate(ns.w_mems):
             wp = mem.write_port()
             m.d.comb += [wp.addr.eq(w_addr), wp.data.eq(self.w_load.payload.data),
-                         wp.en.eq(self.w_load.valid & self.w_load.ready & (w_row == r)
-                                  & (w_addr < w_depth))]
+                         wp.en.eq(w_take & (w_row == r) & (w_addr < ns.w_depth))]
         with m.If(reset_load):
             m.d.sync += [w_row.eq(0), w_addr.eq(0)]
-        with m.Elif(self.w_load.valid & self.w_load.ready):
+        with m.Elif(w_take):
             m.d.sync += w_row.eq(Mux(w_row == R - 1, 0, w_row + 1))
             with m.If(w_row == R - 1):
                 m.d.sync += w_addr.eq(w_addr + 1)
 
-        c_layout = self.c_load.payload.shape()
-        c_mem = Memory(shape=c_layout, depth=max_slices, init=[])
+        ns.c_mem = c_mem = Memory(shape=self.c_load.payload.shape(), depth=ns.max_slices,
+                                  init=[])
         m.submodules.channels = c_mem
-        c_addr = Signal(range(max_slices + 1))
+        c_addr = Signal(range(ns.max_slices + 1))
         c_wp = c_mem.write_port()
+        c_take = self.c_load.valid & self.c_load.ready
         m.d.comb += [self.c_load.ready.eq(~running), c_wp.addr.eq(c_addr),
                      c_wp.data.eq(self.c_load.payload),
-                     c_wp.en.eq(self.c_load.valid & self.c_load.ready & (c_addr < max_slices))]
+                     c_wp.en.eq(c_take & (c_addr < ns.max_slices))]
         with m.If(reset_load):
             m.d.sync += c_addr.eq(0)
-        with m.Elif(self.c_load.valid & self.c_load.ready):
+        with m.Elif(c_take):
             m.d.sync += c_addr.eq(c_addr + 1)
 
-        # ---- encoder -> decoder --------------------------------------------------------
-        m.d.comb += [enc.i.valid.eq(self.i.valid & running), enc.i.payload.eq(self.i.payload),
-                     self.i.ready.eq(enc.i.ready & running)]
-        connect(m, enc.o_map, dec.i_map)
-        connect(m, enc.o_val, dec.i_val)
-
-        # ---- pair buffer: K interleaved banks, two token slots ---------------------------
-        slot_pairs = max_d                  # a token sends at most d_in pairs
-        pair_layout = data.StructLayout({"index": unsigned(cfg.index_bits), "value": op_shape})
-        banks = []
+    def _pair_buffer(self, m, ns):
+        """Decoded (index, value) pairs of a token into ``decode_width`` interleaved banks, two
+        token slots (the writer fills one while the feeder reads the other)."""
+        cfg = self._config
+        K = cfg.decode_width
+        kb = log2_exact(K)
+        enc, dec = ns.enc, ns.dec
+        slot_pairs = ns.max_d               # a token sends at most d_in pairs
+        ns.pair_layout = data.StructLayout({"index": unsigned(cfg.index_bits),
+                                            "value": arith.shape_of(cfg.operand_format)})
+        ns.bank_depth = -(-slot_pairs // K)
+        ns.banks = []
         for q in range(K):
-            mem = Memory(shape=pair_layout, depth=2 * (-(-slot_pairs // K)), init=[])
+            mem = Memory(shape=ns.pair_layout, depth=2 * ns.bank_depth, init=[])
             m.submodules[f"pairs_{q}"] = mem
-            banks.append(mem)
-        bank_depth = -(-slot_pairs // K)
+            ns.banks.append(mem)
+        slot = data.StructLayout({"n": range(slot_pairs + 1),
+                                  "pos": unsigned(cfg.position_bits), "dense": 1})
+        ns.slots = [Signal(slot, name=f"slot_{s}") for s in range(2)]
+        ns.full = Signal(2)                 # slot holds a complete token
         w_slot = Signal()                   # slot being written
         w_count = Signal(range(slot_pairs + K + 1))
-        full = Signal(2)                    # slot holds a complete token
-        slot_n = [Signal(range(slot_pairs + 1), name=f"slot_n_{s}") for s in range(2)]
-        slot_pos = [Signal(cfg.position_bits, name=f"slot_pos_{s}") for s in range(2)]
-        slot_dense = [Signal(name=f"slot_dense_{s}") for s in range(2)]
-        free = ~full.bit_select(w_slot, 1)
+        free = ~ns.full.bit_select(w_slot, 1)
         take = dec.o.valid & free & enc.o_tok.valid
-        m.d.comb += dec.o.ready.eq(free & enc.o_tok.valid)
+        m.d.comb += [dec.o.ready.eq(free & enc.o_tok.valid),
+                     enc.o_tok.ready.eq(take & dec.o.payload.last)]
         beat = dec.o.payload
-        if K & (K - 1):
-            raise ValueError("LinearEngine needs a power-of-two decode_width, not {!r}".format(K))
-        kb = _log2(K)
         for q in range(K):
-            wp = banks[q].write_port()
+            wp = ns.banks[q].write_port()
             # Entry j of the beat is pair w_count + j: bank (w_count + j) % K, address
             # (w_count + j) // K. Bank q takes entry j = (q - w_count) % K.
             j = Signal(range(K), name=f"entry_{q}")
             m.d.comb += j.eq((q - w_count)[:kb] if K > 1 else 0)
-            m.d.comb += [wp.addr.eq(w_slot * bank_depth + ((w_count + j) >> kb)),
+            m.d.comb += [wp.addr.eq(w_slot * ns.bank_depth + ((w_count + j) >> kb)),
                          wp.data.index.eq(beat.index[j]), wp.data.value.eq(beat.value[j]),
                          wp.en.eq(take & (j < beat.count))]
         with m.If(take):
             with m.If(beat.last):
                 m.d.sync += [w_count.eq(0), w_slot.eq(~w_slot),
-                             full.bit_select(w_slot, 1).eq(1)]
+                             ns.full.bit_select(w_slot, 1).eq(1)]
                 for s in range(2):
                     with m.If(w_slot == s):
-                        m.d.sync += [slot_n[s].eq(w_count + beat.count),
-                                     slot_pos[s].eq(enc.o_tok.payload.position),
-                                     slot_dense[s].eq(enc.o_tok.payload.dense)]
+                        m.d.sync += [ns.slots[s].n.eq(w_count + beat.count),
+                                     ns.slots[s].pos.eq(enc.o_tok.payload.position),
+                                     ns.slots[s].dense.eq(enc.o_tok.payload.dense)]
             with m.Else():
                 m.d.sync += w_count.eq(w_count + beat.count)
-        m.d.comb += enc.o_tok.ready.eq(take & beat.last)
 
-        # ---- feeder: S0 sequencer -> S1 pair read -> S2 weight read -> PE ---------------
-        tags = fifo.SyncFIFO(width=cfg.position_bits + 2 + len(chunks), depth=4)
-        m.submodules.tags = tags
+    def _feeder(self, m, ns):
+        """S0 sequencer -> S1 pair read -> S2 weight read -> PE beat: for each output chunk of
+        the token in the read slot, one beat per pair ``y[chunk] += value * W[chunk, index]``."""
+        cfg = self._config
+        R, V, K = cfg.rows, cfg.lanes, cfg.decode_width
+        kb = log2_exact(K)
+        ctl, req = ns.ctl, self.pe.req
+        feed = _feed_layout(cfg, ns.chunks.shape())
+        ns.tag_layout = _tag_layout(cfg, ns.chunks.shape())
+        m.submodules.tags = ns.tags = tags = fifo.SyncFIFO(width=ns.tag_layout.size, depth=4)
+        s1, s2 = Signal(feed), Signal(feed)
         r_slot = Signal()
-        chunk = Signal.like(chunks)
-        p = Signal(range(slot_pairs + 1))
-        s1_valid, s1_first, s1_last, s1_null = Signal(), Signal(), Signal(), Signal()
-        s1_chunk = Signal.like(chunks)
-        s1_bank = Signal(range(K))
-        s2_valid, s2_first, s2_last, s2_null = Signal(), Signal(), Signal(), Signal()
-        s2_chunk = Signal.like(chunks)
-        s2_value = Signal(op_shape)
-        s1_pos, s2_pos = Signal(cfg.position_bits), Signal(cfg.position_bits)
-        s1_dense, s2_dense = Signal(), Signal()
+        chunk = Signal.like(ns.chunks)
+        p = Signal(range(ns.max_d + 1))
         adv = Signal()
-        m.d.comb += adv.eq((~s2_valid | pe.i.ready) & ~(s2_valid & s2_last & ~tags.w_rdy))
+        m.d.comb += adv.eq((~s2.valid | req.ready) & ~(s2.valid & s2.last & ~tags.w_rdy))
 
-        n_pairs = Mux(r_slot, slot_n[1], slot_n[0])
-        have = full.bit_select(r_slot, 1)
-        steps = Mux(n_pairs == 0, 1, n_pairs)       # an empty token still closes each chunk
-        s0_valid = have & running
+        cur = Signal.like(ns.slots[0])
+        m.d.comb += cur.eq(Mux(r_slot, ns.slots[1], ns.slots[0]))
+        steps = Mux(cur.n == 0, 1, cur.n)       # an empty token still closes each chunk
+        s0_valid = ns.full.bit_select(r_slot, 1) & ctl.running
         s0_last = p == steps - 1
-        pair_rp = [b.read_port(transparent_for=()) for b in banks]
-        for q, rp in enumerate(pair_rp):
-            m.d.comb += [rp.addr.eq(r_slot * bank_depth + (p >> kb)), rp.en.eq(adv)]
-        w_rps = [mem.read_port() for mem in w_mems]
+        pair_rp = [b.read_port(transparent_for=()) for b in ns.banks]
+        for rp in pair_rp:
+            m.d.comb += [rp.addr.eq(r_slot * ns.bank_depth + (p >> kb)), rp.en.eq(adv)]
         with m.If(adv):
-            m.d.sync += [s1_valid.eq(s0_valid), s1_first.eq(p == 0), s1_last.eq(s0_last),
-                         s1_null.eq(n_pairs == 0), s1_chunk.eq(chunk),
-                         s1_bank.eq(p[:kb] if K > 1 else 0),
-                         s1_pos.eq(Mux(r_slot, slot_pos[1], slot_pos[0])),
-                         s1_dense.eq(Mux(r_slot, slot_dense[1], slot_dense[0]))]
+            m.d.sync += [s1.valid.eq(s0_valid), s1.first.eq(p == 0), s1.last.eq(s0_last),
+                         s1.null.eq(cur.n == 0), s1.chunk.eq(chunk),
+                         s1.bank.eq(p[:kb] if K > 1 else 0), s1.pos.eq(cur.pos),
+                         s1.dense.eq(cur.dense)]
             with m.If(s0_valid):
                 with m.If(s0_last):
                     m.d.sync += p.eq(0)
-                    with m.If(chunk == chunks - 1):
+                    with m.If(chunk == ns.chunks - 1):
                         m.d.sync += [chunk.eq(0), r_slot.eq(~r_slot),
-                                     full.bit_select(r_slot, 1).eq(0)]
+                                     ns.full.bit_select(r_slot, 1).eq(0)]
                     with m.Else():
                         m.d.sync += chunk.eq(chunk + 1)
                 with m.Else():
                     m.d.sync += p.eq(p + 1)
-        pair = Signal(pair_layout)
-        with m.Switch(s1_bank):
+        pair = Signal(ns.pair_layout)
+        with m.Switch(s1.bank):
             for q in range(K):
                 with m.Case(q):
                     m.d.comb += pair.eq(pair_rp[q].data)
+        w_rps = [mem.read_port() for mem in ns.w_mems]
         for rp in w_rps:
-            m.d.comb += [rp.addr.eq(s1_chunk * d_in + pair.index), rp.en.eq(adv)]
+            m.d.comb += [rp.addr.eq(s1.chunk * ns.d_in + pair.index), rp.en.eq(adv)]
         with m.If(adv):
-            m.d.sync += [s2_valid.eq(s1_valid), s2_first.eq(s1_first), s2_last.eq(s1_last),
-                         s2_null.eq(s1_null), s2_chunk.eq(s1_chunk), s2_value.eq(pair.value),
-                         s2_pos.eq(s1_pos), s2_dense.eq(s1_dense)]
+            m.d.sync += [s2.eq(s1), s2.value.eq(pair.value)]
         # The slot is freed when S0 leaves it; its tag travels with the beats (the writer
         # may refill the slot while S1/S2 still hold the token's last beats).
         active_rows = Signal(range(R + 1))
-        rem = slices - s2_chunk * R
+        rem = ns.slices - s2.chunk * R
         m.d.comb += active_rows.eq(Mux(rem >= R, R, rem))
-        m.d.comb += [pe.i.valid.eq(s2_valid), pe.i.payload.eq(pack_layout(
-            m, pe.i.payload.shape(),
-            {"route": Route.SHARED_SCALAR, "scalar": [s2_value], "clear": s2_first,
-             "last": s2_last, "bypass": 1,
+        m.d.comb += [req.valid.eq(s2.valid), req.payload.eq(pack_layout(
+            m, req.payload.shape(),
+            {"route": Route.SHARED_SCALAR, "scalar": [s2.value], "clear": s2.first,
+             "last": s2.last, "bypass": 1,
              "vector": [[w_rps[r].data[l] for l in range(V)] for r in range(R)],
-             "mask": [Mux((r < active_rows) & ~s2_null, (1 << V) - 1, 0) for r in range(R)]}))]
-        fire = pe.i.valid & pe.i.ready
-        with m.If(fire & running):
-            m.d.sync += busy.eq(busy + 1)
-            with m.If(~s2_null):
-                m.d.sync += [mac_lanes.eq(mac_lanes + active_rows * V), pairs.eq(pairs + 1)]
-        m.d.comb += [tags.w_en.eq(fire & s2_last),
-                     tags.w_data.eq(Cat(s2_pos, s2_dense, s2_chunk == chunks - 1, s2_chunk))]
+             "mask": [Mux((r < active_rows) & ~s2.null, (1 << V) - 1, 0) for r in range(R)]}))]
+        fire = req.valid & req.ready
+        m.d.comb += [ctl.count.busy.eq(fire),
+                     ctl.count.mac_lanes.eq(Mux(fire & ~s2.null, active_rows * V, 0)),
+                     ctl.count.pairs.eq(fire & ~s2.null)]
+        m.d.comb += [tags.w_en.eq(fire & s2.last),
+                     tags.w_data.eq(pack_layout(m, ns.tag_layout, {
+                         "pos": s2.pos, "dense": s2.dense,
+                         "tok_last": s2.chunk == ns.chunks - 1, "chunk": s2.chunk}, name="tag"))]
 
-        # ---- output stage: O0 accept row + reads -> O1 add, write back, multiply -> O2 ----
+    def _output_stage(self, m, ns):
+        """O0 accept a result row, read y_ref and the channel constants -> O1 y = y_ref (or
+        bias) + acc, write y_ref back, multiply -> O2 requantise -> ``o``."""
+        cfg = self._config
+        R, V = cfg.rows, cfg.lanes
+        acc_fmt = cfg.acc_format
+        acc_shape = arith.shape_of(acc_fmt)
+        ctl, res, tags = ns.ctl, self.pe.res, ns.tags
         y_mem = Memory(shape=data.ArrayLayout(acc_shape, V),
-                       depth=cfg.max_positions * max_slices, init=[])
+                       depth=cfg.max_positions * ns.max_slices, init=[])
         m.submodules.y_ref = y_mem
         y_rp = y_mem.read_port(transparent_for=())
         y_wp = y_mem.write_port()
-        c_rp = c_mem.read_port()
-        t_pos = tags.r_data[:cfg.position_bits]
-        t_dense = tags.r_data[cfg.position_bits]
-        t_tok_last = tags.r_data[cfg.position_bits + 1]
-        t_chunk = tags.r_data[cfg.position_bits + 2:]
+        c_rp = ns.c_mem.read_port()
+        tag = data.View(ns.tag_layout, tags.r_data)
         o_adv = ~self.o.valid | self.o.ready
-        row = pe.o.payload
-        slice_ = Signal(range(max_slices + R + 1))
-        m.d.comb += slice_.eq(t_chunk * R + row.row)
-        o0 = pe.o.valid & tags.r_rdy
-        m.d.comb += [pe.o.ready.eq(o_adv & tags.r_rdy), tags.r_en.eq(o0 & o_adv & row.last)]
-        m.d.comb += [y_rp.addr.eq(t_pos * max_slices + slice_), y_rp.en.eq(o_adv),
+        row = res.payload
+        slice_ = Signal(range(ns.max_slices + R + 1))
+        m.d.comb += slice_.eq(tag.chunk * R + row.row)
+        o0 = res.valid & tags.r_rdy
+        m.d.comb += [res.ready.eq(o_adv & tags.r_rdy), tags.r_en.eq(o0 & o_adv & row.last)]
+        m.d.comb += [y_rp.addr.eq(tag.pos * ns.max_slices + slice_), y_rp.en.eq(o_adv),
                      c_rp.addr.eq(slice_), c_rp.en.eq(o_adv)]
-        o1_valid, o1_keep, o1_last, o1_dense, o1_ovf = (Signal(name=f"o1_{n}") for n in
-                                                        ("valid", "keep", "last", "dense", "ovf"))
-        o1_raw = Signal(data.ArrayLayout(acc_shape, V))
-        o1_addr = Signal.like(y_rp.addr)
+        o1 = Signal(data.StructLayout({
+            "valid": 1, "keep": 1, "last": 1, "dense": 1, "ovf": 1,
+            "raw": data.ArrayLayout(acc_shape, V), "addr": len(y_rp.addr)}))
         with m.If(o_adv):
-            m.d.sync += [o1_valid.eq(o0), o1_keep.eq(slice_ < slices),
-                         o1_last.eq(t_tok_last & (slice_ == slices - 1)), o1_dense.eq(t_dense),
-                         o1_raw.eq(row.data), o1_addr.eq(y_rp.addr), o1_ovf.eq(row.overflow)]
+            m.d.sync += [o1.valid.eq(o0), o1.keep.eq(slice_ < ns.slices),
+                         o1.last.eq(tag.tok_last & (slice_ == ns.slices - 1)),
+                         o1.dense.eq(tag.dense), o1.raw.eq(row.data), o1.addr.eq(y_rp.addr),
+                         o1.ovf.eq(row.overflow)]
         ys = []
-        y_ovf = Signal()
-        ovf_terms = []
         for l in range(V):
-            base = Mux(o1_dense, c_rp.data.bias[l], y_rp.data[l])
             y = Signal(signed(acc_fmt.bits + 1), name=f"y_{l}")
-            m.d.comb += y.eq(base + o1_raw[l])
+            m.d.comb += y.eq(Mux(o1.dense, c_rp.data.bias[l], y_rp.data[l]) + o1.raw[l])
             ys.append(y)
-            ovf_terms.append(~arith.fits(y, acc_fmt))
-        m.d.comb += y_ovf.eq(Cat(*ovf_terms).any() | o1_ovf)
-        m.d.comb += [y_wp.addr.eq(o1_addr), y_wp.en.eq(o_adv & o1_valid & o1_keep)]
+        y_ovf = Signal()
+        m.d.comb += y_ovf.eq(Cat(*[~arith.fits(y, acc_fmt) for y in ys]).any() | o1.ovf)
+        m.d.comb += [y_wp.addr.eq(o1.addr), y_wp.en.eq(o_adv & o1.valid & o1.keep)]
         m.d.comb += [y_wp.data[l].eq(ys[l][:acc_fmt.bits].as_signed()) for l in range(V)]
         prod_shape = arith.shape_of(contract.product_format(acc_fmt, contract.REQ_MULT))
-        o2_valid, o2_last = Signal(), Signal()
-        o2_prod = [Signal(prod_shape, name=f"o2_prod_{l}") for l in range(V)]
-        o2_shift = [Signal(arith.shape_of(contract.REQ_SHIFT), name=f"o2_shift_{l}")
-                    for l in range(V)]
+        o2 = Signal(data.StructLayout({
+            "valid": 1, "last": 1, "prod": data.ArrayLayout(prod_shape, V),
+            "shift": data.ArrayLayout(arith.shape_of(contract.REQ_SHIFT), V)}))
         with m.If(o_adv):
-            m.d.sync += [o2_valid.eq(o1_valid & o1_keep), o2_last.eq(o1_last)]
+            m.d.sync += [o2.valid.eq(o1.valid & o1.keep), o2.last.eq(o1.last)]
             for l in range(V):
-                m.d.sync += [o2_prod[l].eq(ys[l][:acc_fmt.bits].as_signed()
-                                           * c_rp.data.mult[l]),
-                             o2_shift[l].eq(c_rp.data.shift[l])]
-            with m.If(o1_valid & o1_keep & y_ovf & running):
-                m.d.sync += err_ovf.eq(1)
-        with m.If(self.o.valid & self.o.ready):
+                m.d.sync += [o2.prod[l].eq(ys[l][:acc_fmt.bits].as_signed() * c_rp.data.mult[l]),
+                             o2.shift[l].eq(c_rp.data.shift[l])]
+        m.d.comb += ctl.raise_error.overflow.eq(o_adv & o1.valid & o1.keep & y_ovf & ctl.running)
+        o_fire = self.o.valid & self.o.ready
+        m.d.comb += ctl.count.tokens_out.eq(o_fire & self.o.payload.last)
+        with m.If(o_fire):
             m.d.sync += self.o.valid.eq(0)
-            with m.If(self.o.payload.last):
-                m.d.sync += tokens_out.eq(tokens_out + 1)
-        with m.If(o_adv & o2_valid):
-            m.d.sync += [self.o.valid.eq(1), self.o.payload.last.eq(o2_last)]
+        with m.If(o_adv & o2.valid):
+            m.d.sync += [self.o.valid.eq(1), self.o.payload.last.eq(o2.last)]
+            wide = ctl.settings.mode.wide
             for l in range(V):
-                narrow = arith.requantize_product(o2_prod[l], o2_shift[l], contract.ACT)
-                wide_v = arith.requantize_product(o2_prod[l], o2_shift[l], contract.RESID)
+                narrow = arith.requantize_product(o2.prod[l], o2.shift[l], contract.ACT)
+                wide_v = arith.requantize_product(o2.prod[l], o2.shift[l], contract.RESID)
                 m.d.sync += self.o.payload.data[l].eq(Mux(wide, wide_v, narrow))
-        return m

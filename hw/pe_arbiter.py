@@ -15,49 +15,56 @@ from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.pe_array import pe_input_layout, pe_output_layout
+from hw.arith import bits_for
+from hw.pe_array import PEClientSignature
 
 __all__ = ["PEArbiter"]
 
 
 class PEArbiter(wiring.Component):
-    """Round-robin, accumulation-granular arbiter of ``ports`` engines onto one PE array.
+    """Round-robin, accumulation-granular arbiter of ``ports`` PE clients onto one PE array.
 
     Parameters
     ----------
     config : :class:`hw.config.RTSAConfig`
     ports : int
-        Number of engines.
+        Number of clients.
     in_flight : int
         Closed accumulations whose results may be inside the array at once (the array holds
         one in its output bank and one leaving it; more only cost FIFO entries).
 
     Attributes
     ----------
-    i0, i1, ... : ``In(stream)`` of :func:`hw.pe_array.pe_input_layout`, one per engine.
-    o0, o1, ... : ``Out(stream)`` of :func:`hw.pe_array.pe_output_layout`, one per engine.
-    pe_i, pe_o : the array's input (``Out``) and output (``In``) streams.
+    clients : ``In(PEClientSignature(config)).array(ports)``
+        One port per client (:class:`hw.pe_array.PEClientSignature`).
+    array : ``Out(PEClientSignature(config))``
+        Towards the array: ``array.req`` to :attr:`hw.pe_array.PEArray.i`, ``array.res`` from
+        :attr:`hw.pe_array.PEArray.o`.
+
+    Latency and throughput: combinational in both directions (no added cycle), one beat per
+    cycle. Switching between clients costs no cycle: the grant moves on the beat after a
+    ``last``. A client whose results are not taken (``res.ready`` low) stalls only the array's
+    output while its own rows are at the head, never the requests of other clients (their beats
+    keep flowing until the array's output bank is full).
     """
 
     def __init__(self, config, *, ports=2, in_flight=4):
-        if not isinstance(ports, int) or ports < 1:
+        if not isinstance(ports, int) or isinstance(ports, bool) or ports < 1:
             raise ValueError("ports must be a positive integer, not {!r}".format(ports))
+        if not isinstance(in_flight, int) or isinstance(in_flight, bool) or in_flight < 1:
+            raise ValueError("in_flight must be a positive integer, not {!r}".format(in_flight))
         self._ports = ports
         self._in_flight = in_flight
-        members = {"pe_i": Out(stream.Signature(pe_input_layout(config))),
-                   "pe_o": In(stream.Signature(pe_output_layout(config)))}
-        for n in range(ports):
-            members[f"i{n}"] = In(stream.Signature(pe_input_layout(config)))
-            members[f"o{n}"] = Out(stream.Signature(pe_output_layout(config)))
-        super().__init__(members)
+        super().__init__({"clients": In(PEClientSignature(config)).array(ports),
+                          "array": Out(PEClientSignature(config))})
 
     def elaborate(self, platform):
         m = Module()
         P = self._ports
-        ins = [getattr(self, f"i{n}") for n in range(P)]
-        outs = [getattr(self, f"o{n}") for n in range(P)]
-        m.submodules.owners = owners = fifo.SyncFIFO(width=max(1, (P - 1).bit_length()),
-                                                     depth=self._in_flight)
+        ins = [c.req for c in self.clients]
+        outs = [c.res for c in self.clients]
+        pe_i, pe_o = self.array.req, self.array.res
+        m.submodules.owners = owners = fifo.SyncFIFO(width=bits_for(P), depth=self._in_flight)
 
         locked = Signal()                       # an accumulation is open
         owner = Signal(range(P))
@@ -77,13 +84,13 @@ class PEArbiter(wiring.Component):
         for n in range(P):
             with m.If(sel == n):
                 m.d.comb += [valid.eq(ins[n].valid), closing.eq(ins[n].payload.last),
-                             self.pe_i.payload.eq(ins[n].payload)]
+                             pe_i.payload.eq(ins[n].payload)]
         # A closing beat needs an ownership entry for its results.
         go = valid & (~closing | owners.w_rdy)
-        m.d.comb += self.pe_i.valid.eq(go)
+        m.d.comb += pe_i.valid.eq(go)
         for n in range(P):
-            m.d.comb += ins[n].ready.eq((sel == n) & self.pe_i.ready & (~closing | owners.w_rdy))
-        fire = go & self.pe_i.ready
+            m.d.comb += ins[n].ready.eq((sel == n) & pe_i.ready & (~closing | owners.w_rdy))
+        fire = go & pe_i.ready
         m.d.comb += [owners.w_en.eq(fire & closing), owners.w_data.eq(sel)]
         with m.If(fire):
             m.d.sync += [locked.eq(~closing), owner.eq(sel)]
@@ -92,9 +99,9 @@ class PEArbiter(wiring.Component):
 
         head = owners.r_data
         for n in range(P):
-            m.d.comb += [outs[n].valid.eq(self.pe_o.valid & owners.r_rdy & (head == n)),
-                         outs[n].payload.eq(self.pe_o.payload)]
+            m.d.comb += [outs[n].valid.eq(pe_o.valid & owners.r_rdy & (head == n)),
+                         outs[n].payload.eq(pe_o.payload)]
             with m.If(head == n):
-                m.d.comb += self.pe_o.ready.eq(owners.r_rdy & outs[n].ready)
-        m.d.comb += owners.r_en.eq(self.pe_o.valid & self.pe_o.ready & self.pe_o.payload.last)
+                m.d.comb += pe_o.ready.eq(owners.r_rdy & outs[n].ready)
+        m.d.comb += owners.r_en.eq(pe_o.valid & pe_o.ready & pe_o.payload.last)
         return m

@@ -21,8 +21,6 @@ product register, output register. Back-pressure on ``o`` stalls the input only 
 accumulation finishes before the bank has drained.
 """
 
-from types import SimpleNamespace
-
 from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -30,7 +28,7 @@ from amaranth.lib.wiring import In, Out
 from golden import contract
 from hw import arith
 
-__all__ = ["Route", "pe_input_layout", "pe_output_layout", "PEArray", "pe_ports", "use_pe"]
+__all__ = ["Route", "pe_input_layout", "pe_output_layout", "PEArray", "PEClientSignature"]
 
 
 class Route(enum.Enum, shape=2):
@@ -216,18 +214,17 @@ class PEArray(wiring.Component):
         return m
 
 
-def pe_ports(config):
-    """Signature members of an engine that drives a PE array outside itself (the run-through
-    datapath shares one array between the engines)."""
-    return {"pe_i": Out(stream.Signature(pe_input_layout(config))),
-            "pe_o": In(stream.Signature(pe_output_layout(config)))}
+class PEClientSignature(wiring.Signature):
+    """A client of the PE array (an engine, or the arbiter towards the array): it sends
+    operand beats on ``req`` (:func:`pe_input_layout`) and takes result rows on ``res``
+    (:func:`pe_output_layout`).
 
+    Protocol: a client owns the array's accumulators from a ``clear`` beat to its ``last`` beat,
+    and sends those beats without waiting on anything outside itself; it must be able to take
+    the ``rows`` result rows of every accumulation it closes (:class:`hw.pe_arbiter.PEArbiter`
+    returns each row to the client that closed the accumulation, in order).
+    """
 
-def use_pe(m, engine, config, external):
-    """The PE array an engine drives: a :class:`PEArray` of its own (added to ``m``), or, when
-    ``external``, its ``pe_i``/``pe_o`` ports. Either way the result has the array's ``i`` and
-    ``o`` streams."""
-    if external:
-        return SimpleNamespace(i=engine.pe_i, o=engine.pe_o)
-    m.submodules.pe = pe = PEArray(config)
-    return pe
+    def __init__(self, config):
+        super().__init__({"req": Out(stream.Signature(pe_input_layout(config))),
+                          "res": In(stream.Signature(pe_output_layout(config)))})

@@ -22,6 +22,8 @@ from amaranth.hdl import Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from hw import bitpick
+
 __all__ = ["ORDERS", "subvector_mask_layout", "subvector_item_layout", "SubvectorDecoder"]
 
 #: Mask formats: ``column`` (a beat per key column, bits = query blocks) and ``block`` (a beat
@@ -93,12 +95,9 @@ class SubvectorDecoder(wiring.Component):
         cur_col = Signal(range(lines))
         next_col = Signal(range(lines + 1))
 
-        block = Signal(range(nb))
-        for b in reversed(range(nb)):
-            with m.If(cur_mask[b]):
-                m.d.comb += block.eq(b)
+        (block,), _, rest = bitpick.pick_lowest(m, cur_mask, 1, name="block")
         rem = Signal(nb)
-        m.d.comb += rem.eq(cur_mask & (cur_mask - 1))       # lowest set bit cleared
+        m.d.comb += rem.eq(rest)            # lowest set bit cleared
 
         out_free = ~o.valid | o.ready
         emit = Signal()

@@ -72,18 +72,19 @@ async def get_until(ctx, port, done, stalls=None, timeout=100_000):
     return received
 
 
-async def csr_write(ctx, dut, reg, value):
-    """Write ``value`` to register ``reg`` of a register port (:mod:`hw.registers`)."""
-    ctx.set(dut.csr_addr, reg)
-    ctx.set(dut.csr_w_data, int(value))
-    ctx.set(dut.csr_w_en, 1)
+async def csr_write(ctx, csr, addr, value):
+    """Write ``value`` to register ``addr`` of the register port ``csr``
+    (:class:`hw.engine.RegisterSignature`)."""
+    ctx.set(csr.addr, int(addr))
+    ctx.set(csr.w_data, int(value))
+    ctx.set(csr.w_en, 1)
     await ctx.tick()
-    ctx.set(dut.csr_w_en, 0)
+    ctx.set(csr.w_en, 0)
 
 
-async def csr_read(ctx, dut, reg):
-    """The value of register ``reg`` (it shows one cycle after the address)."""
-    ctx.set(dut.csr_addr, reg)
+async def csr_read(ctx, csr, addr):
+    """The value of register ``addr`` of ``csr`` (it shows one cycle after the address)."""
+    ctx.set(csr.addr, int(addr))
     await ctx.tick()
     await ctx.tick()
-    return ctx.get(dut.csr_r_data)
+    return ctx.get(csr.r_data)

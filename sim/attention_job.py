@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from golden.intvidt import attention_core
-from hw.attention_engine import Reg
+from sim.driver import Plan
 
 __all__ = ["AttentionJob", "Sequence", "attention_job", "qkv_beats", "block_masks",
            "expected_beats"]
@@ -37,8 +37,8 @@ class AttentionJob:
 
     Attributes
     ----------
-    registers : list of (Reg, int)
-        Writes before the start pulse.
+    registers : list of (str, int)
+        Setting writes before the start pulse, by register name.
     qkv, masks : list of dict
         ``qkv`` and ``masks`` beats of every sequence, in order.
     expected : list of dict
@@ -61,6 +61,23 @@ class AttentionJob:
     @property
     def ideal_cycles(self):
         return self.mac_lanes / self.config.macs_per_cycle
+
+    def counters(self):
+        """The counters the run must end with (``None``: read, not checked)."""
+        return {"cycles": None, "busy": None, "mac_lanes": self.mac_lanes,
+                "subvectors": self.subvectors, "beats_out": len(self.expected)}
+
+    def plan(self, stage="attention", *, qkv=None, masks=None, timeout=20_000):
+        """This job as a :class:`sim.driver.Plan` for a top whose stage ``stage`` is the
+        attention engine and whose ``i``/``o`` are its streams (``qkv``, ``masks`` replace the
+        input beats, e.g. malformed ones)."""
+        return Plan(name=self.name,
+                    setup=[("write", stage, r, v) for r, v in self.registers]
+                    + [("start", stage, True)],
+                    inputs=[("i", self.qkv if qkv is None else qkv),
+                            (stage + ".masks", self.masks if masks is None else masks)],
+                    outputs=[("o", self.expected)], counters={stage: self.counters()},
+                    done=[stage], timeout=timeout)
 
 
 def qkv_beats(config, q, k, v):
@@ -137,9 +154,9 @@ def attention_job(config, sequences, *, softmax_mult, softmax_shift, attn_mult, 
         expected += expected_beats(config, out)
         mac_lanes += int(full_keep.sum()) * hd * 2
         subvectors += sum(bin(b["mask"]).count("1") for b in mask_beats)
-    registers = [(Reg.TOKENS, n), (Reg.HEADS, heads), (Reg.SEQUENCES, len(sequences)),
-                 (Reg.SOFTMAX_MULT, softmax_mult), (Reg.SOFTMAX_SHIFT, softmax_shift),
-                 (Reg.OUT_MULT, attn_mult), (Reg.OUT_SHIFT, attn_shift)]
+    registers = [("tokens", n), ("heads", heads), ("sequences", len(sequences)),
+                 ("softmax_mult", softmax_mult), ("softmax_shift", softmax_shift),
+                 ("out_mult", attn_mult), ("out_shift", attn_shift)]
     return AttentionJob(name=name, config=config, registers=registers, qkv=qkv, masks=masks,
                         expected=expected, mac_lanes=mac_lanes, subvectors=subvectors,
                         sequences=len(sequences))

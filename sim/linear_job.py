@@ -16,7 +16,8 @@ import torch
 from golden import contract
 from golden.export import linear_vectors
 from golden.intvidt import QLinear
-from hw.linear_engine import Reg, channel_words, weight_words
+from hw.linear_engine import channel_words, weight_words
+from sim.driver import Plan
 
 __all__ = ["LinearJob", "job_from_layer", "job_from_vectors"]
 
@@ -27,8 +28,8 @@ class LinearJob:
 
     Attributes
     ----------
-    registers : list of (Reg, int)
-        Writes before the start pulse (shape, threshold, mode).
+    registers : list of (str, int)
+        Setting writes before the start pulse (shape, threshold, mode), by register name.
     weights, channels : list of dict
         ``w_load`` and ``c_load`` beats.
     tokens : list of dict
@@ -57,6 +58,27 @@ class LinearJob:
     @property
     def ideal_cycles(self):
         return self.mac_lanes / self.config.macs_per_cycle
+
+    def setup(self, stage, *, pulses=("clear_refs", "reset_load", "clear_error")):
+        """The plan steps that program and load stage ``stage`` (no start)."""
+        return ([("pulse", stage, pulses)]
+                + [("write", stage, r, v) for r, v in self.registers]
+                + [("load", stage + ".w_load", self.weights),
+                   ("load", stage + ".c_load", self.channels)])
+
+    def counters(self):
+        """The counters the run must end with (``None``: read, not checked)."""
+        return {"cycles": None, "busy": None, "mac_lanes": self.mac_lanes, "pairs": self.pairs,
+                "tokens_out": self.n_tokens}
+
+    def plan(self, stage="linear", *, tokens=None, timeout=20_000):
+        """This job as a :class:`sim.driver.Plan` for a top whose stage ``stage`` is the
+        linear engine and whose ``i``/``o`` are its streams (``tokens`` replaces the input
+        beats, e.g. malformed ones)."""
+        return Plan(name=self.name, setup=self.setup(stage) + [("start", stage, True)],
+                    inputs=[("i", self.tokens if tokens is None else tokens)],
+                    outputs=[("o", self.expected)], counters={stage: self.counters()},
+                    done=[stage], timeout=timeout)
 
 
 def _token_beats(config, x, spatial):
@@ -96,8 +118,8 @@ def job_from_layer(config, layer, x, frame, spatial, n_s, *, tau, delta_enable=T
     wide = layer.out_fmt.bits > 8
     if layer.out_fmt not in (contract.ACT, contract.RESID):
         raise ValueError("The engine outputs int8 or int16, not {}".format(layer.out_fmt))
-    registers = [(Reg.D_IN, d_in), (Reg.D_OUT, d_out), (Reg.TOKENS, x.shape[0]),
-                 (Reg.TAU, 0 if tau is None else tau), (Reg.MODE, int(delta_enable) | wide << 1)]
+    registers = [("d_in", d_in), ("d_out", d_out), ("tokens", x.shape[0]),
+                 ("tau", 0 if tau is None else tau), ("mode", int(delta_enable) | wide << 1)]
     return LinearJob(
         name=name, config=config, registers=registers,
         weights=weight_words(config, layer.weight.tolist()),

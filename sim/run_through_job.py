@@ -16,6 +16,7 @@ import torch
 
 from golden.subvector import SubvectorAttention
 from sim.attention_job import AttentionJob, Sequence, attention_job
+from sim.driver import Plan
 from sim.linear_job import LinearJob, job_from_layer
 
 __all__ = ["RunThroughJob", "run_through_job"]
@@ -31,6 +32,24 @@ class RunThroughJob:
     def ideal_cycles(self):
         """Performed MACs of both stages over the array's MACs per cycle."""
         return self.linear.ideal_cycles + self.attention.ideal_cycles
+
+    def plan(self, *, timeout=None):
+        """This job as a :class:`sim.driver.Plan` for :class:`hw.run_through.RunThrough`:
+        program and load the projection (stage ``qkv``), program attention, start attention
+        (its CYCLES then span the whole run-through), then the projection."""
+        lin, att = self.linear, self.attention
+        if timeout is None:
+            # Attention on a sequence starts once its last token is projected.
+            timeout = int(3 * lin.ideal_cycles) + 50_000
+        setup = (lin.setup("qkv", pulses=("clear_refs", "reset_load"))
+                 + [("write", "attention", r, v) for r, v in att.registers]
+                 + [("start", "attention", False), ("start", "qkv", True)])
+        return Plan(name=self.name, setup=setup,
+                    inputs=[("i", lin.tokens), ("attention.masks", att.masks)],
+                    outputs=[("o", att.expected)],
+                    counters={"attention": att.counters(),
+                              "qkv": {k: v for k, v in lin.counters().items() if k != "pairs"}},
+                    done=["attention", "qkv"], timeout=timeout)
 
 
 def run_through_job(config, layer, xs, n_s, *, tau, rho, heads, softmax_mult, softmax_shift,

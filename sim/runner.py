@@ -17,6 +17,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from hw.config import RTSAConfig
+# Re-exported for older callers: the design list lives with the hardware.
+from hw.designs import DESIGNS, design_class, write_verilog
 
 __all__ = ["REPO", "SIMULATORS", "DESIGNS", "design_class", "write_verilog", "run_cocotb",
            "config_from_env", "config_to_env"]
@@ -37,28 +39,6 @@ BUILD_ARGS = {"icarus": ICARUS_ARGS, "verilator": VERILATOR_ARGS}
 #: Benchmarks run long simulations of one model: there an optimised C++ build pays off.
 OPTIMISED_ARGS = {"icarus": ICARUS_ARGS,
                   "verilator": ["-O1" if a == "-O0" else a for a in VERILATOR_ARGS]}
-
-#: Top-level designs the harness can simulate: name -> (module path, class name).
-DESIGNS = {
-    "pe_array": ("hw.pe_array", "PEArray"),
-    "bitmap_decoder": ("hw.bitmap_decoder", "BitmapDecoder"),
-    "subvector_decoder": ("hw.subvector_decoder", "SubvectorDecoder"),
-    "linear_engine": ("hw.linear_engine", "LinearEngine"),
-    "softmax_unit": ("hw.softmax_unit", "SoftmaxUnit"),
-    "attention_engine": ("hw.attention_engine", "AttentionEngine"),
-    "run_through": ("hw.run_through", "RunThrough"),
-}
-
-
-def design_class(design):
-    import importlib
-    try:
-        module, cls = DESIGNS[design]
-    except KeyError:
-        raise ValueError("Unknown design {!r}; choose one of {}"
-                         .format(design, ", ".join(DESIGNS))) from None
-    return getattr(importlib.import_module(module), cls)
-
 
 def config_to_env(config):
     return {"RTSA_CONFIG": json.dumps({f: getattr(config, f)
@@ -87,20 +67,6 @@ def _locked(path):
 
 def _tag(design, config):
     return "{}_{}".format(design, config.name)
-
-
-def write_verilog(design, config, path):
-    """Convert ``design`` for ``config`` to Verilog at ``path``; the file is rewritten only
-    when its text changes, so that simulators' incremental builds stay valid."""
-    os.environ.setdefault("AMARANTH_USE_YOSYS", "builtin")
-    from amaranth.back import verilog
-    dut = design_class(design)(config)
-    text = verilog.convert(dut, name=design, emit_src=False)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists() or path.read_text() != text:
-        path.write_text(text)
-    return path
 
 
 def run_cocotb(design, config, simulator, test_module, *, testcase=None, seed=1, env=None,

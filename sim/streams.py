@@ -14,9 +14,10 @@ from cocotb.triggers import ClockCycles, FallingEdge, First, ReadOnly, RisingEdg
 from cocotb.types import LogicArray
 
 from sim.amaranth_streams import StreamStalls, to_python
+from sim.driver import JobDriver, port_layout
 
 __all__ = ["pack", "unpack", "input_ports", "start_clock_and_reset", "csr_write", "csr_read",
-           "StreamSource", "StreamSink"]
+           "StreamSource", "StreamSink", "CocotbBackend", "run_cocotb_plan"]
 
 
 def pack(layout, payload):
@@ -52,22 +53,23 @@ async def start_clock_and_reset(dut, cycles=2, *, idle=()):
     dut.rst.value = 0
 
 
-async def csr_write(dut, reg, value, base=0):
-    """Write ``value`` to register ``base + reg`` of the register port (:mod:`hw.registers`)."""
-    dut.csr_addr.value = base + int(reg)
-    dut.csr_w_data.value = int(value)
-    dut.csr_w_en.value = 1
+async def csr_write(dut, addr, value):
+    """Write ``value`` to register ``addr`` of the register port ``csr``
+    (:class:`hw.engine.RegisterSignature`)."""
+    dut.csr__addr.value = int(addr)
+    dut.csr__w_data.value = int(value)
+    dut.csr__w_en.value = 1
     await FallingEdge(dut.clk)
-    dut.csr_w_en.value = 0
+    dut.csr__w_en.value = 0
 
 
-async def csr_read(dut, reg, base=0):
-    """The value of register ``base + reg`` (it shows one cycle after the address)."""
-    dut.csr_addr.value = base + int(reg)
+async def csr_read(dut, addr):
+    """The value of register ``addr`` (it shows one cycle after the address)."""
+    dut.csr__addr.value = int(addr)
     await FallingEdge(dut.clk)
     await FallingEdge(dut.clk)
     await ReadOnly()
-    value = dut.csr_r_data.value.to_unsigned()
+    value = dut.csr__r_data.value.to_unsigned()
     await FallingEdge(dut.clk)
     return value
 
@@ -75,13 +77,15 @@ async def csr_read(dut, reg, base=0):
 class _StreamPort:
     """Handles of one stream port of the DUT and its stall pattern."""
 
-    def __init__(self, dut, name, layout, seed, stall, max_wait):
+    def __init__(self, dut, name, layout, seed, stall, max_wait, stalls):
         self.clk = dut.clk
         self.valid = getattr(dut, name + "__valid")
         self.ready = getattr(dut, name + "__ready")
         self.payload = getattr(dut, name + "__payload")
         self.layout = layout
-        self.stalls = StreamStalls(seed, stall, max_wait)
+        if stalls is None and seed is not None and stall:
+            stalls = StreamStalls(seed, stall, max_wait)
+        self.stalls = stalls
 
     async def _to_sampling_point(self):
         """After a handshake signal rose: go on at once if the clock is low (the signal rose at
@@ -99,17 +103,19 @@ class StreamSource(_StreamPort):
     dut, name : the cocotb DUT handle and the stream's port prefix.
     layout : the stream's payload ``lib.data`` layout.
     seed, stall : random stall pattern (probability that a beat is preceded by idle cycles).
+    stalls : a :class:`sim.amaranth_streams.StreamStalls` instead of ``seed``/``stall``
+        (``None`` and no seed: no stalls).
     """
 
-    def __init__(self, dut, name, layout, *, seed, stall=0.3, max_wait=3):
-        super().__init__(dut, name, layout, seed, stall, max_wait)
+    def __init__(self, dut, name, layout, *, seed=None, stall=0.3, max_wait=3, stalls=None):
+        super().__init__(dut, name, layout, seed, stall, max_wait, stalls)
         self.valid.value = 0
         self.payload.value = 0      # no X on an idle bus (Icarus is 4-state)
         self.sent = 0
 
     async def send(self, payloads):
         for payload in payloads:
-            wait = self.stalls.wait()
+            wait = self.stalls.wait() if self.stalls is not None else 0
             if wait:
                 await ClockCycles(self.clk, wait, rising=False)
             self.valid.value = 1
@@ -131,8 +137,8 @@ class StreamSource(_StreamPort):
 class StreamSink(_StreamPort):
     """Takes payloads from the DUT's output stream ``name``, stalling ``ready`` at random."""
 
-    def __init__(self, dut, name, layout, *, seed, stall=0.3, max_wait=3):
-        super().__init__(dut, name, layout, seed, stall, max_wait)
+    def __init__(self, dut, name, layout, *, seed=None, stall=0.3, max_wait=3, stalls=None):
+        super().__init__(dut, name, layout, seed, stall, max_wait, stalls)
         self.ready.value = 0
         self.received = []
 
@@ -140,7 +146,7 @@ class StreamSink(_StreamPort):
         """Collect payloads until ``done(received)``; fail after ``timeout`` idle cycles."""
         idle = 0
         while not done(self.received):
-            if self.stalls.wait():          # ready low for this cycle
+            if self.stalls is not None and self.stalls.wait():      # ready low this cycle
                 self.ready.value = 0
                 await FallingEdge(self.clk)
                 idle += 1
@@ -162,3 +168,50 @@ class StreamSink(_StreamPort):
             idle = 0
         self.ready.value = 0
         return self.received
+
+
+class CocotbBackend:
+    """The :mod:`sim.driver` backend interface on a cocotb DUT of the Amaranth component
+    ``top`` (whose signature gives every stream's layout)."""
+
+    def __init__(self, dut, top):
+        self.dut, self.top = dut, top
+
+    @staticmethod
+    def _name(port):
+        return port.replace(".", "__")
+
+    async def tick(self, n=1):
+        await ClockCycles(self.dut.clk, n, rising=False)
+
+    async def write(self, addr, value):
+        await csr_write(self.dut, addr, value)
+
+    async def read(self, addr):
+        return await csr_read(self.dut, addr)
+
+    async def send(self, port, beats, stalls):
+        await StreamSource(self.dut, self._name(port), port_layout(self.top, port),
+                           stalls=stalls).send(beats)
+
+    async def receive(self, port, count, stalls, timeout):
+        sink = StreamSink(self.dut, self._name(port), port_layout(self.top, port), stalls=stalls)
+        return await sink.receive_until(lambda r: len(r) >= count, timeout=timeout)
+
+    def ready(self, port):
+        return bool(int(getattr(self.dut, self._name(port) + "__ready").value))
+
+
+async def run_cocotb_plan(dut, top, plan, *, seed, stall, check=True):
+    """Run ``plan`` (:class:`sim.driver.Plan`) on the cocotb ``dut`` of ``top``: the setup, then
+    every input and output stream concurrently; returns the driver's result (checked unless
+    ``check`` is false)."""
+    drv = JobDriver(top, plan, seed=seed, stall=stall)
+    be = CocotbBackend(dut, top)
+    await drv.setup(be)
+    for fn in drv.sources() + drv.sinks():
+        cocotb.start_soon(fn(CocotbBackend(dut, top)))
+    result = await drv.finish(be)
+    if check:
+        plan.check(top, result, seed)
+    return result

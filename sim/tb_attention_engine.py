@@ -20,12 +20,11 @@ import cocotb
 import torch
 
 from golden.export import load
-from hw.attention_engine import AttentionEngine, Ctrl, Reg, Status
+from hw.run_through import AttentionTop
 from sim.attention_job import Sequence, attention_job, expected_beats
+from sim.driver import settings_from_env
 from sim.runner import config_from_env
-from sim.scoreboard import check_equal
-from sim.streams import (StreamSink, StreamSource, csr_read, csr_write, input_ports,
-                         start_clock_and_reset)
+from sim.streams import input_ports, run_cocotb_plan, start_clock_and_reset
 
 
 def attention_sequence(arrays, tokens=0, heads="all", sparse=True):
@@ -55,60 +54,24 @@ def jobs(cfg):
             yield job, golden_out
 
 
-async def run_attention_job(dut, cfg, job, seed, stall, *, base=0):
-    """Program, start and check one job on the DUT's attention register port; returns the
-    engine's counters."""
-    layout = AttentionEngine(cfg).signature.members
-    for reg, value in job.registers:
-        await csr_write(dut, reg, value, base=base)
-    await csr_write(dut, Reg.CTRL, Ctrl.START, base=base)
-    status = await csr_read(dut, Reg.STATUS, base=base)
-    assert status & Status.RUNNING, "{}: did not start, status {:#x}".format(job.name, status)
-    src = StreamSource(dut, "qkv", layout["qkv"].signature.members["payload"].shape,
-                       seed=seed, stall=stall)
-    masks = StreamSource(dut, "masks", layout["masks"].signature.members["payload"].shape,
-                         seed=seed + 1, stall=stall)
-    sink = StreamSink(dut, "o", layout["o"].signature.members["payload"].shape,
-                      seed=seed + 2, stall=stall)
-    cocotb.start_soon(src.send(job.qkv))
-    cocotb.start_soon(masks.send(job.masks))
-    got = await sink.receive_until(lambda r: len(r) >= len(job.expected), timeout=20_000)
-    check_equal(got, job.expected, what=job.name + " output", seed=seed)
-    return await finish_counters(dut, job, base=base)
-
-
-async def finish_counters(dut, job, *, base=0):
-    for _ in range(20):
-        status = await csr_read(dut, Reg.STATUS, base=base)
-        if status & Status.DONE:
-            break
-    assert status & Status.DONE and not status & Status.ERROR, \
-        "{}: status {:#x}".format(job.name, status)
-    counters = {reg.name.lower(): await csr_read(dut, reg, base=base)
-                for reg in (Reg.CYCLES, Reg.BUSY, Reg.MAC_LANES, Reg.SUBVECTORS,
-                            Reg.BEATS_OUT)}
-    assert counters["mac_lanes"] == job.mac_lanes, (job.name, counters, job.mac_lanes)
-    assert counters["subvectors"] == job.subvectors, (job.name, counters, job.subvectors)
-    assert counters["beats_out"] == len(job.expected)
-    dut._log.info("%s: %s (ideal %.0f cycles)", job.name, counters, job.ideal_cycles)
-    return counters
-
-
 @cocotb.test()
 async def attention_engine_matches_golden(dut):
     cfg = config_from_env()
-    seed = int(os.environ.get("RTSA_SEED", "1"))
-    stall = float(os.environ.get("RTSA_STALL", "0.3"))
-    await start_clock_and_reset(dut, idle=input_ports(AttentionEngine(cfg)))
+    env = settings_from_env()
+    top = AttentionTop(cfg)
+    await start_clock_and_reset(dut, idle=input_ports(top))
     results = []
     for n, (job, golden_out) in enumerate(jobs(cfg)):
         if golden_out is not None:
             # On a whole export the expectation must be the golden model's own trace.
             assert job.expected == expected_beats(cfg, golden_out), \
                 "{}: recomputed attention differs from the exported trace".format(job.name)
-        counters = await run_attention_job(dut, cfg, job, seed + 3 * n, stall)
+        res = await run_cocotb_plan(dut, top, job.plan("attention"), seed=env["seed"] + 3 * n,
+                                    stall=env["stall"])
+        counters = res["counters"]["attention"]
+        dut._log.info("%s: %s (ideal %.0f cycles)", job.name, counters, job.ideal_cycles)
         results.append(dict(job=job.name, ideal_cycles=job.ideal_cycles, **counters))
     assert results, "no job ran: RTSA_VECTORS/RTSA_MODES select nothing"
-    if os.environ.get("RTSA_RESULTS"):
-        with open(os.environ["RTSA_RESULTS"], "w") as f:
+    if env["results"]:
+        with open(env["results"], "w") as f:
             json.dump(results, f, indent=1)

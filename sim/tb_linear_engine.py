@@ -17,12 +17,11 @@ import os
 import cocotb
 
 from golden.export import load
-from hw.linear_engine import Ctrl, LinearEngine, Reg, Status
+from hw.run_through import LinearTop
+from sim.driver import settings_from_env
 from sim.linear_job import job_from_vectors
 from sim.runner import config_from_env
-from sim.scoreboard import check_equal
-from sim.streams import (StreamSink, StreamSource, csr_read, csr_write, input_ports,
-                         start_clock_and_reset)
+from sim.streams import input_ports, run_cocotb_plan, start_clock_and_reset
 
 
 def _jobs(cfg):
@@ -48,44 +47,18 @@ def _jobs(cfg):
 @cocotb.test()
 async def linear_engine_matches_golden(dut):
     cfg = config_from_env()
-    seed = int(os.environ.get("RTSA_SEED", "1"))
-    stall = float(os.environ.get("RTSA_STALL", "0.3"))
-    await start_clock_and_reset(dut, idle=input_ports(LinearEngine(cfg)))
-    layout = LinearEngine(cfg).signature.members
+    env = settings_from_env()
+    top = LinearTop(cfg)
+    await start_clock_and_reset(dut, idle=input_ports(top))
     results = []
     for n, job in enumerate(_jobs(cfg)):
-        await csr_write(dut, Reg.CTRL, Ctrl.CLEAR_REFS | Ctrl.RESET_LOAD | Ctrl.CLEAR_ERROR)
-        for reg, value in job.registers:
-            await csr_write(dut, reg, value)
         # Parameters load at full speed; the token and output streams stall at random.
-        await StreamSource(dut, "w_load", layout["w_load"].signature.members["payload"].shape,
-                           seed=seed, stall=0).send(job.weights)
-        await StreamSource(dut, "c_load", layout["c_load"].signature.members["payload"].shape,
-                           seed=seed, stall=0).send(job.channels)
-        await csr_write(dut, Reg.CTRL, Ctrl.START)
-        status = await csr_read(dut, Reg.STATUS)
-        assert status & Status.RUNNING, "{}: engine did not start, status {:#x}".format(
-            job.name, status)
-        src = StreamSource(dut, "i", layout["i"].signature.members["payload"].shape,
-                           seed=seed + 2 * n, stall=stall)
-        sink = StreamSink(dut, "o", layout["o"].signature.members["payload"].shape,
-                          seed=seed + 2 * n + 1, stall=stall)
-        cocotb.start_soon(src.send(job.tokens))
-        got = await sink.receive_until(lambda r: len(r) >= len(job.expected), timeout=20_000)
-        check_equal(got, job.expected, what=job.name + " output", seed=seed)
-        for _ in range(20):
-            status = await csr_read(dut, Reg.STATUS)
-            if status & Status.DONE:
-                break
-        assert status & Status.DONE and not status & Status.ERROR, \
-            "{}: status {:#x}".format(job.name, status)
-        counters = {reg.name.lower(): await csr_read(dut, reg)
-                    for reg in (Reg.CYCLES, Reg.BUSY, Reg.MAC_LANES, Reg.PAIRS, Reg.TOKENS_OUT)}
-        assert counters["mac_lanes"] == job.mac_lanes, (job.name, counters, job.mac_lanes)
-        assert counters["pairs"] == job.pairs and counters["tokens_out"] == job.n_tokens
+        res = await run_cocotb_plan(dut, top, job.plan("linear"), seed=env["seed"] + 2 * n,
+                                    stall=env["stall"])
+        counters = res["counters"]["linear"]
         dut._log.info("%s: %s (ideal %.0f cycles)", job.name, counters, job.ideal_cycles)
         results.append(dict(job=job.name, ideal_cycles=job.ideal_cycles, **counters))
     assert results, "no job ran: RTSA_VECTORS/RTSA_LAYERS select nothing"
-    if os.environ.get("RTSA_RESULTS"):
-        with open(os.environ["RTSA_RESULTS"], "w") as f:
+    if env["results"]:
+        with open(env["results"], "w") as f:
             json.dump(results, f, indent=1)

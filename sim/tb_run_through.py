@@ -23,16 +23,12 @@ import torch
 from golden import contract
 from golden.export import load
 from golden.intvidt import QLinear
-from hw import attention_engine as att
-from hw import linear_engine as lin
-from hw.run_through import ATTENTION_BASE, RunThrough
+from hw.run_through import RunThrough
 from sim.attention_job import expected_beats
+from sim.driver import settings_from_env
 from sim.run_through_job import run_through_job
 from sim.runner import config_from_env
-from sim.scoreboard import check_equal
-from sim.streams import (StreamSink, StreamSource, csr_read, csr_write, input_ports,
-                         start_clock_and_reset)
-from sim.tb_attention_engine import finish_counters
+from sim.streams import input_ports, run_cocotb_plan, start_clock_and_reset
 
 
 def job_from_env(cfg):
@@ -64,49 +60,16 @@ def job_from_env(cfg):
 @cocotb.test()
 async def run_through_matches_golden(dut):
     cfg = config_from_env()
-    seed = int(os.environ.get("RTSA_SEED", "1"))
-    stall = float(os.environ.get("RTSA_STALL", "0.3"))
-    await start_clock_and_reset(dut, idle=input_ports(RunThrough(cfg)))
+    env = settings_from_env()
+    top = RunThrough(cfg)
+    await start_clock_and_reset(dut, idle=input_ports(top))
     job = job_from_env(cfg)
-    ports = RunThrough(cfg).signature.members
-
-    def layout(name):
-        return ports[name].signature.members["payload"].shape
-
-    await csr_write(dut, lin.Reg.CTRL, lin.Ctrl.CLEAR_REFS | lin.Ctrl.RESET_LOAD)
-    for reg, value in job.linear.registers:
-        await csr_write(dut, reg, value)
-    for name, beats in (("w_load", job.linear.weights), ("c_load", job.linear.channels)):
-        await StreamSource(dut, name, layout(name), seed=seed, stall=0).send(beats)
-    # Attention starts last, right before the projection: its CYCLES counter then spans the
-    # whole run-through.
-    for reg, value in job.attention.registers:
-        await csr_write(dut, reg, value, base=ATTENTION_BASE)
-    await csr_write(dut, att.Reg.CTRL, att.Ctrl.START, base=ATTENTION_BASE)
-    await csr_write(dut, lin.Reg.CTRL, lin.Ctrl.START)
-    status = await csr_read(dut, lin.Reg.STATUS)
-    assert status & lin.Status.RUNNING, "linear engine did not start: {:#x}".format(status)
-
-    tokens = StreamSource(dut, "i", layout("i"), seed=seed + 1, stall=stall)
-    masks = StreamSource(dut, "masks", layout("masks"), seed=seed + 2, stall=stall)
-    sink = StreamSink(dut, "o", layout("o"), seed=seed + 3, stall=stall)
-    cocotb.start_soon(tokens.send(job.linear.tokens))
-    cocotb.start_soon(masks.send(job.attention.masks))
-    # Attention on a sequence starts once its last token is projected: allow for that wait.
-    got = await sink.receive_until(lambda r: len(r) >= len(job.attention.expected),
-                                   timeout=int(3 * job.linear.ideal_cycles) + 50_000)
-    check_equal(got, job.attention.expected, what=job.name + " output", seed=seed)
-    counters = await finish_counters(dut, job.attention, base=ATTENTION_BASE)
-    status = await csr_read(dut, lin.Reg.STATUS)
-    assert status & lin.Status.DONE and not status & lin.Status.ERROR, hex(status)
-    linear = {reg.name.lower(): await csr_read(dut, reg)
-              for reg in (lin.Reg.CYCLES, lin.Reg.BUSY, lin.Reg.MAC_LANES, lin.Reg.TOKENS_OUT)}
-    assert linear["mac_lanes"] == job.linear.mac_lanes, (linear, job.linear.mac_lanes)
-    assert linear["tokens_out"] == job.linear.n_tokens
+    res = await run_cocotb_plan(dut, top, job.plan(), seed=env["seed"], stall=env["stall"])
+    counters, linear = res["counters"]["attention"], res["counters"]["qkv"]
     dut._log.info("%s: attention %s, linear %s, ideal %.0f cycles", job.name, counters, linear,
                   job.ideal_cycles)
-    if os.environ.get("RTSA_RESULTS"):
-        with open(os.environ["RTSA_RESULTS"], "w") as f:
+    if env["results"]:
+        with open(env["results"], "w") as f:
             json.dump(dict(job=job.name, ideal_cycles=job.ideal_cycles,
                            linear_ideal_cycles=job.linear.ideal_cycles,
                            attention_ideal_cycles=job.attention.ideal_cycles,

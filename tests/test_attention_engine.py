@@ -5,13 +5,13 @@ import random
 
 import pytest
 import torch
-from amaranth.sim import Simulator
 
 from golden import contract
-from hw.attention_engine import AttentionEngine, Ctrl, Reg, Status
+from hw.attention_engine import REGISTERS, AttentionEngine
 from hw.config import preset
-from sim.amaranth_streams import StreamStalls, csr_read, csr_write, get_until, put_all
+from hw.run_through import AttentionTop
 from sim.attention_job import Sequence, attention_job
+from sim.driver import Plan, run_amaranth
 from sim.scoreboard import check_equal
 
 SEED = 6061
@@ -47,56 +47,18 @@ def random_sequence(rng, cfg, heads, n, *, density=0.5, empty_blocks=()):
     return Sequence(t(), t(), t(), keep)
 
 
-def run_job(job, seed, stall=0.3, *, qkv=None, masks=None, outputs=None, timeout=100_000):
-    """Run ``job`` on a fresh engine; returns output beats, status and counters."""
-    dut = AttentionEngine(job.config)
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    result = {}
-    qkv = job.qkv if qkv is None else qkv
-    masks = job.masks if masks is None else masks
-    outputs = len(job.expected) if outputs is None else outputs
-
-    async def bench(ctx):
-        for reg, value in job.registers:
-            await csr_write(ctx, dut, reg, value)
-        await csr_write(ctx, dut, Reg.CTRL, Ctrl.START)
-        result["started"] = await csr_read(ctx, dut, Reg.STATUS)
-
-    def feed(port, beats, s):
-        async def source(ctx):
-            await ctx.tick().repeat(4 + len(job.registers))
-            await put_all(ctx, port, beats, StreamStalls(s, stall) if stall else None)
-        return source
-
-    async def sink(ctx):
-        result["out"] = await get_until(ctx, dut.o, lambda r: len(r) >= outputs,
-                                        StreamStalls(seed + 3, stall) if stall else None,
-                                        timeout)
-        for _ in range(20):
-            status = await csr_read(ctx, dut, Reg.STATUS)
-            if status & Status.DONE:
-                break
-        result["status"] = status
-        for reg in (Reg.CYCLES, Reg.BUSY, Reg.MAC_LANES, Reg.SUBVECTORS, Reg.BEATS_OUT):
-            result[reg.name] = await csr_read(ctx, dut, reg)
-
-    sim.add_testbench(bench)
-    sim.add_testbench(feed(dut.qkv, qkv, seed + 1))
-    sim.add_testbench(feed(dut.masks, masks, seed + 2))
-    sim.add_testbench(sink)
-    sim.run()
-    return result
+def run_job(job, seed, stall=0.3, *, qkv=None, masks=None, timeout=100_000, check=True):
+    """Run ``job`` on a fresh engine; the driver's result (checked unless ``check`` is
+    false)."""
+    res = run_amaranth(AttentionTop(job.config), job.plan(qkv=qkv, masks=masks, timeout=timeout),
+                       seed=seed, stall=stall, check=check)
+    counters = res["counters"]["attention"]
+    assert counters["busy"] <= counters["cycles"], counters
+    return res
 
 
-def check_run(job, res, seed):
-    check_equal(res["out"], job.expected, what=job.name + " output", seed=seed)
-    assert res["status"] & Status.DONE and not res["status"] & Status.ERROR, \
-        "status {:#x} (seed {})".format(res["status"], seed)
-    assert res["MAC_LANES"] == job.mac_lanes, (res, job.mac_lanes, seed)
-    assert res["SUBVECTORS"] == job.subvectors, (res, job.subvectors, seed)
-    assert res["BEATS_OUT"] == len(job.expected)
-    assert res["BUSY"] <= res["CYCLES"]
+def _status(res):
+    return REGISTERS.status(res["status"]["attention"])
 
 
 @pytest.mark.parametrize("cfg", [SMALL, ONE_ROW], ids=lambda c: c.name)
@@ -115,32 +77,22 @@ def test_engine_matches_golden(cfg, case):
         seqs, stall = [random_sequence(rng, cfg, 2, 12, density=0.5,
                                        empty_blocks={(0, 1), (1, 0)})], 0.1
     job = attention_job(cfg, seqs, **SOFTMAX, **OUT, name=case)
-    check_run(job, run_job(job, seed, stall), seed)
+    run_job(job, seed, stall)
 
 
 def test_bad_configuration_does_not_start():
     rng = random.Random(SEED)
     job = attention_job(SMALL, [random_sequence(rng, SMALL, 2, 8)], **SOFTMAX, **OUT)
-    for reg, value in ((Reg.TOKENS, 0), (Reg.TOKENS, SMALL.max_tokens + 1),
-                       (Reg.HEADS, SMALL.max_heads + 1), (Reg.SEQUENCES, 0)):
-        job.registers = [(r, value if r == reg else v) for r, v in job.registers]
-        dut = AttentionEngine(SMALL)
-        sim = Simulator(dut)
-        sim.add_clock(1e-8)
-        seen = {}
-
-        async def bench(ctx):
-            for r, v in job.registers:
-                await csr_write(ctx, dut, r, v)
-            await csr_write(ctx, dut, Reg.CTRL, Ctrl.START)
-            seen["status"] = await csr_read(ctx, dut, Reg.STATUS)
-            seen["ready"] = ctx.get(dut.qkv.ready)
-        sim.add_testbench(bench)
-        sim.run()
-        assert seen["status"] & Status.ERR_CONFIG and not seen["status"] & Status.RUNNING, \
-            (reg, value, seen)
+    for reg, value in (("tokens", 0), ("tokens", SMALL.max_tokens + 1),
+                       ("heads", SMALL.max_heads + 1), ("sequences", 0)):
+        writes = [(r, value if r == reg else v) for r, v in job.registers]
+        plan = Plan(name="refused", setup=[("write", "attention", r, v) for r, v in writes] + [
+            ("start", "attention", False), ("status", "attention", "status"),
+            ("ready", "i", "ready")])
+        seen = run_amaranth(AttentionTop(SMALL), plan, seed=0, stall=0)["seen"]
+        status = REGISTERS.status(seen["status"])
+        assert status.errors.config and not status.running, (reg, value, seen)
         assert not seen["ready"]
-        job = attention_job(SMALL, [random_sequence(rng, SMALL, 2, 8)], **SOFTMAX, **OUT)
 
 
 def test_mask_column_past_n_is_flagged_and_pruned():
@@ -152,9 +104,9 @@ def test_mask_column_past_n_is_flagged_and_pruned():
     job = attention_job(SMALL, [seq], **SOFTMAX, **OUT)
     masks = [dict(b) for b in job.masks]
     masks[1]["mask"] |= 1 << 12
-    res = run_job(job, seed, 0.2, masks=masks)
-    check_equal(res["out"], job.expected, what="output", seed=seed)
-    assert res["status"] & Status.DONE and res["status"] & Status.ERR_MASK, hex(res["status"])
+    res = run_job(job, seed, 0.2, masks=masks, check=False)
+    check_equal(res["outputs"]["o"], job.expected, what="output", seed=seed)
+    assert _status(res).done and _status(res).errors.mask, res["status"]
 
 
 def test_short_qkv_token_is_flagged_and_run_finishes():
@@ -164,9 +116,9 @@ def test_short_qkv_token_is_flagged_and_run_finishes():
     per_token = len(job.qkv) // 8
     qkv = [dict(b) for b in job.qkv]
     del qkv[2 * per_token + 3]          # token 2 loses a beat: its `last` comes early
-    res = run_job(job, seed, 0.0, qkv=qkv)
-    assert len(res["out"]) == len(job.expected)
-    assert res["status"] & Status.DONE and res["status"] & Status.ERR_QKV, hex(res["status"])
+    res = run_job(job, seed, 0.0, qkv=qkv, check=False)
+    assert len(res["outputs"]["o"]) == len(job.expected)
+    assert _status(res).done and _status(res).errors.qkv, res["status"]
 
 
 def test_qkv_value_outside_int8_is_flagged():
@@ -175,8 +127,8 @@ def test_qkv_value_outside_int8_is_flagged():
     job = attention_job(SMALL, [random_sequence(rng, SMALL, 1, 4, density=None)], **SOFTMAX, **OUT)
     qkv = [dict(b, data=list(b["data"])) for b in job.qkv]
     qkv[0]["data"][0] = 300
-    res = run_job(job, seed, 0.0, qkv=qkv)
-    assert res["status"] & Status.DONE and res["status"] & Status.ERR_QKV, hex(res["status"])
+    res = run_job(job, seed, 0.0, qkv=qkv, check=False)
+    assert _status(res).done and _status(res).errors.qkv, res["status"]
 
 
 @pytest.mark.filterwarnings("ignore::amaranth.hdl._ir.UnusedElaboratable")

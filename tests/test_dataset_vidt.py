@@ -255,6 +255,41 @@ def test_return_keys(model, small_split):
     torch.testing.assert_close(keys[0], k.reshape(2, -1, c.heads, c.head_dim).transpose(1, 2))
 
 
+def test_observe_hook_sees_every_named_point(model, small_split):
+    c = model.cfg
+    x = ds.to_float(small_split[0][:2])
+    seen = []
+    logits = model(x, observe=lambda block, name, t: seen.append((block, name, t)))
+    assert torch.equal(logits, model(x))                    # observing changes nothing
+    points = ["ln1", "q", "k", "v", "o", "resid", "ln2", "fc1", "gelu", "resid"]
+    assert [(b, n) for b, n, _ in seen] == ([(-1, "resid")]
+                                            + [(i, n) for i in range(c.depth) for n in points]
+                                            + [(c.depth, "norm")])
+    # Block 0's points are its intermediate tensors.
+    t = {n: v for b, n, v in seen if b == 0 and n != "resid"}
+    blk, x0, x1 = model.blocks[0], seen[0][2], seen[6][2]      # tokens, after attention
+    assert torch.equal(t["ln1"], blk.norm1(x0))
+    assert torch.equal(x1, x0 + blk.attn.proj(t["o"]))
+    assert torch.equal(t["gelu"], F.gelu(blk.mlp.fc1(blk.norm2(x1))))
+    assert torch.equal(seen[-1][2], model.norm(seen[-2][2]))
+
+
+def test_prune_hook_sees_every_block(model, small_split):
+    x = ds.to_float(small_split[0][:2])
+    calls = []
+
+    def prune(block, z, keys):
+        calls.append((block, z.shape[1], keys.shape[2]))
+        return z[:, ::2]
+    logits = model(x, prune=prune)
+    n = model.cfg.num_tokens
+    assert calls == [(i, n >> i, n >> i) for i in range(model.cfg.depth)]
+    z = model.tokens(x)
+    for blk in model.blocks:
+        z = blk(z)[:, ::2]
+    assert torch.equal(logits, model.head_forward(z))
+
+
 def test_blocks_accept_fewer_tokens(model):
     # Token pruning shrinks N; a block must work on any token count.
     z = torch.randn(2, 100, model.cfg.dim)

@@ -1,0 +1,104 @@
+"""Picking the lowest set bits of a bitmap, one per output slot.
+
+The bitmap decoder (``k`` element indices per bitmap word), the delta encoder's value packer
+(``k`` sent elements per word) and the sub-vector decoder (one kept sub-vector per cycle) all
+take the lowest set bits of a word, lowest first, and keep the rest for the next cycle. They
+share :func:`pick_lowest`.
+
+Depth: slot ``j`` sees the word after ``j`` clears of its lowest set bit (``x & (x - 1)``, one
+subtraction each) and finds the bit's position with a balanced tree
+(:func:`lowest_set_index`, ``ceil_log2(len(bits))`` levels of 2-input muxes) rather than a
+priority chain as long as the word: the sub-vector decoder of the attention engine picks from a
+``max_tokens``-bit mask (512 bits in the ``vidt`` preset), where a chain of 512 muxes is one
+very deep cone.
+"""
+
+from amaranth.hdl import Cat, Const, Mux, Signal, Value
+
+__all__ = ["lowest_set_index", "pick_lowest"]
+
+
+def _positive(name, value):
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError("{} must be a positive integer, not {!r}".format(name, value))
+
+
+def lowest_set_index(m, bits, *, name):
+    """Position of the lowest set bit of ``bits`` (0 when none is set), by a balanced tree.
+
+    Each level pairs neighbouring nodes: a node's "some bit set" flag is the OR of its two
+    children's (kept in a signal ``{name}_any{level}`` per level, since three places use each
+    flag), its index is the lower child's when that has a set bit and the upper child's
+    otherwise, with one more bit saying which. An empty word yields index 0 at every level.
+
+    Returns a value ``ceil_log2(len(bits))`` bits wide (0 bits for a 1-bit ``bits``).
+    """
+    bits = Value.cast(bits)
+    _positive("Width of bits", len(bits))
+    anys = [bits[b] for b in range(len(bits))]
+    indexes = [None] * len(bits)            # None: a 0-bit index (a single bit)
+    level = 0
+    while len(anys) > 1:
+        level += 1
+        next_anys, next_indexes = [], []
+        for lo in range(0, len(anys), 2):
+            if lo + 1 == len(anys):         # the odd node out moves up a level unchanged
+                next_anys.append(anys[lo])
+                next_indexes.append(Const(0, level) if indexes[lo] is None
+                                    else Cat(indexes[lo], Const(0, 1)))
+                continue
+            any_lo, any_hi = anys[lo], anys[lo + 1]
+            upper = ~any_lo & any_hi        # the lowest set bit is in the upper child
+            if indexes[lo] is None:
+                next_indexes.append(upper)
+            else:
+                # The upper child's index is 0 when it is empty, so an empty node gives 0.
+                next_indexes.append(Cat(Mux(any_lo, indexes[lo], indexes[lo + 1]), upper))
+            next_anys.append(any_lo | any_hi)
+        if len(next_anys) > 1:
+            flags = Signal(len(next_anys), name="{}_any{}".format(name, level))
+            m.d.comb += flags.eq(Cat(next_anys))
+            next_anys = [flags[i] for i in range(len(next_anys))]
+        anys, indexes = next_anys, next_indexes
+    return Const(0, 0) if indexes[0] is None else indexes[0]
+
+
+def pick_lowest(m, bits, count, *, name):
+    """The ``count`` lowest set bits of ``bits``, one per output slot, lowest first.
+
+    Parameters
+    ----------
+    m : :class:`amaranth.hdl.Module`
+        Receives the combinational logic.
+    bits : value
+        The bitmap (bit ``b`` set: element ``b`` is to be picked).
+    count : int
+        Output slots (``>= 1``).
+    name : str
+        Slot ``j``'s position is the signal ``{name}_{j}``; the word slot ``j > 0`` picks
+        from (``bits`` less the ``j`` lower picks) is ``{name}_word_{j}``.
+
+    Returns
+    -------
+    (list of Signal, list of Value, Value)
+        ``index[j]``: position of the ``j``-th lowest set bit (``range(len(bits))``, 0 when
+        ``bits`` has ``j`` set bits or fewer); ``present[j]``: 1 when that bit exists;
+        ``rest``: ``bits`` with the picked bits cleared (an expression wider than ``bits``
+        whose extra bits are zero).
+    """
+    bits = Value.cast(bits)
+    _positive("count", count)
+    width = len(bits)
+    index, present = [], []
+    word, rest = bits, bits
+    for j in range(count):
+        if j or not isinstance(bits, Signal):
+            # A signal per slot, so that the tree's many slices do not copy the expression.
+            word = Signal(width, name="{}_word_{}".format(name, j))
+            m.d.comb += word.eq(rest)
+        p = Signal(range(width), name="{}_{}".format(name, j))
+        m.d.comb += p.eq(lowest_set_index(m, word, name="{}_{}".format(name, j)))
+        index.append(p)
+        present.append(word != 0)
+        rest = word & (word - 1)            # clear the lowest set bit
+    return index, present, rest
