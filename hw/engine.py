@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 
 from amaranth.hdl import Module, Shape, Signal
 from amaranth.lib import data, wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib.wiring import In, Out, connect
 
 from hw.arith import bits_for
 
-__all__ = ["Setting", "EngineRegisters", "RegisterSignature", "EngineControl",
+__all__ = ["Setting", "EngineRegisters", "RegisterSignature", "EngineControl", "Engine",
            "COUNTER_BITS", "STATUS_ERROR_OFFSET"]
 
 #: Width of every counter register.
@@ -59,6 +59,12 @@ def _names(what, names):
     return names
 
 
+def _documented(items):
+    """``(names, {name: doc})`` of items given as names or ``(name, doc)`` pairs."""
+    pairs = [(i, "") if isinstance(i, str) else tuple(i) for i in items]
+    return tuple(n for n, _ in pairs), {n: d for n, d in pairs if d}
+
+
 class EngineRegisters:
     """The register declaration of one engine (see the module docstring).
 
@@ -67,13 +73,16 @@ class EngineRegisters:
     name : str
         The engine kind (used in messages).
     settings : sequence of :class:`Setting`
-    errors : sequence of str
+    errors : sequence of str or (str, doc)
         Error bits besides ``config`` (which every engine has), in STATUS order.
-    counters : sequence of str
+    counters : sequence of str or (str, doc)
         Counters besides ``cycles`` (which every engine has): 32-bit, cleared by START,
         advanced only while running.
-    pulses : sequence of str
+    pulses : sequence of str or (str, doc)
         CTRL pulses besides ``start`` and ``clear_error``.
+
+    The descriptions go to :attr:`error_docs`, :attr:`counter_docs` and :attr:`pulse_docs`
+    (the register tables of :mod:`hw.regdoc`).
     """
 
     def __init__(self, name, *, settings=(), errors=(), counters=(), pulses=()):
@@ -83,9 +92,12 @@ class EngineRegisters:
             if not isinstance(s, Setting):
                 raise TypeError("settings must be Setting objects, not {!r}".format(s))
         _names("setting", [s.name for s in self.settings])
-        self.errors = _names("error", ("config",) + tuple(errors))
-        self.counters = _names("counter", ("cycles",) + tuple(counters))
-        self.pulses = _names("pulse", ("start", "clear_error") + tuple(pulses))
+        errors, self.error_docs = _documented(errors)
+        counters, self.counter_docs = _documented(counters)
+        pulses, self.pulse_docs = _documented(pulses)
+        self.errors = _names("error", ("config",) + errors)
+        self.counters = _names("counter", ("cycles",) + counters)
+        self.pulses = _names("pulse", ("start", "clear_error") + pulses)
         self.ctrl_layout = data.StructLayout({p: 1 for p in self.pulses})
         self.error_layout = data.StructLayout({e: 1 for e in self.errors})
         self.status_layout = data.StructLayout({
@@ -170,7 +182,8 @@ class EngineControl(wiring.Component):
     pulse : ``Out(ctrl_layout)``
         CTRL pulses, combinational in the cycle of the write (``start`` also when refused).
     config_ok : ``In(1)``
-        The settings are in range: a START begins a run, else it sets ``errors.config``.
+        The settings are in range: a START begins a run, else it sets ``errors.config`` (and
+        stops a run in progress).
     finished : ``In(1)``
         The run is complete: ``running`` falls and ``done`` rises at the next edge.
     raise_error : ``In(error_layout)``
@@ -255,3 +268,28 @@ class EngineControl(wiring.Component):
             with m.If(self.finished):
                 m.d.sync += [self.running.eq(0), self.done.eq(1)]
         return m
+
+
+class Engine(wiring.Component):
+    """Base of a pipeline stage with registers: the subclass sets :attr:`registers` (an
+    :class:`EngineRegisters`) and passes its other ports; the base adds ``csr`` and
+    :meth:`control` builds the register file."""
+
+    registers = None
+
+    def __init__(self, config, members):
+        if not isinstance(self.registers, EngineRegisters):
+            raise TypeError("{} must set registers to an EngineRegisters, not {!r}"
+                            .format(type(self).__name__, self.registers))
+        self._config = config
+        super().__init__({**members, "csr": In(RegisterSignature(self.registers.addr_bits))})
+
+    @property
+    def config(self):
+        return self._config
+
+    def control(self, m):
+        """Add the :class:`EngineControl` of :attr:`registers` to ``m``, on ``csr``."""
+        m.submodules.control = ctl = EngineControl(self.registers)
+        connect(m, wiring.flipped(self.csr), ctl.csr)
+        return ctl

@@ -22,7 +22,7 @@ registers of :class:`hw.linear_engine.LinearEngine` (see :data:`REGISTERS`).
 from types import SimpleNamespace
 
 from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, fifo, stream, wiring
+from amaranth.lib import data, fifo, stream
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out, connect
 
@@ -31,7 +31,7 @@ from hw import arith
 from hw.arith import bits_for, log2_exact
 from hw.bitmap_decoder import BitmapDecoder
 from hw.delta_encoder import DeltaEncoder, token_layout
-from hw.engine import EngineControl, EngineRegisters, RegisterSignature, Setting
+from hw.engine import Engine, EngineRegisters, Setting
 from hw.packing import pack_layout
 from hw.pe_array import PEClientSignature, Route
 
@@ -52,15 +52,15 @@ REGISTERS = EngineRegisters(
                 init={"delta_enable": 1},
                 doc="delta_enable (0: dense baseline), wide (int16 outputs)"),
     ],
-    errors=("token",        # a token's length disagreed with d_in (delta encoder)
-            "stream",       # bitmap and value counts disagreed (bitmap decoder)
-            "overflow"),    # an accumulator or y = y_ref + acc left its format
-    counters=("busy",       # cycles the PE array accepted an operand beat
-              "mac_lanes",  # lane-cycles doing a multiply-accumulate (active rows x lanes)
-              "tokens_out", # tokens emitted
-              "pairs"),     # (index, value) pairs the PE array processed (per chunk)
-    pulses=("clear_refs",   # forget every delta reference (the next token per position is dense)
-            "reset_load"))  # restart the weight and channel-constant load addresses
+    errors=(("token", "a token's length disagreed with d_in (delta encoder)"),
+            ("stream", "bitmap and value counts disagreed (bitmap decoder)"),
+            ("overflow", "an accumulator or y = y_ref + acc left its format")),
+    counters=(("busy", "cycles the PE array accepted an operand beat"),
+              ("mac_lanes", "lane-cycles doing a multiply-accumulate (active rows x lanes)"),
+              ("tokens_out", "tokens emitted"),
+              ("pairs", "(index, value) pairs the PE array processed (per chunk)")),
+    pulses=(("clear_refs", "forget every delta reference (each position's next token is dense)"),
+            ("reset_load", "restart the weight and channel-constant load addresses")))
 
 
 def engine_limits(config):
@@ -140,7 +140,7 @@ def _tag_layout(config, chunk_shape):
                               "tok_last": 1, "chunk": chunk_shape})
 
 
-class LinearEngine(wiring.Component):
+class LinearEngine(Engine):
     """Sparse (delta) linear projection, a client of the shared PE array.
 
     Parameters
@@ -179,24 +179,17 @@ class LinearEngine(wiring.Component):
         for what, n in (("rows", config.rows), ("decode_width", config.decode_width)):
             if n & (n - 1):
                 raise ValueError("LinearEngine needs a power-of-two {}, not {!r}".format(what, n))
-        self._config = config
-        super().__init__({
+        super().__init__(config, {
             "i": In(stream.Signature(token_layout(config))),
             "o": Out(stream.Signature(activation_layout(config))),
             "w_load": In(stream.Signature(weight_load_layout(config))),
             "c_load": In(stream.Signature(channel_load_layout(config))),
             "pe": Out(PEClientSignature(config)),
-            "csr": In(RegisterSignature(REGISTERS.addr_bits)),
         })
-
-    @property
-    def config(self):
-        return self._config
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.control = ctl = EngineControl(REGISTERS)
-        connect(m, wiring.flipped(self.csr), ctl.csr)
+        ctl = self.control(m)
         m.submodules.encoder = enc = DeltaEncoder(self._config)
         m.submodules.decoder = dec = BitmapDecoder(self._config)
         ns = self._shape(m, ctl)

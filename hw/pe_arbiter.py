@@ -12,7 +12,7 @@ holds the array for a requester that has nothing to send.
 """
 
 from amaranth.hdl import Module, Mux, Signal
-from amaranth.lib import fifo, stream, wiring
+from amaranth.lib import fifo, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.arith import bits_for
@@ -43,9 +43,20 @@ class PEArbiter(wiring.Component):
 
     Latency and throughput: combinational in both directions (no added cycle), one beat per
     cycle. Switching between clients costs no cycle: the grant moves on the beat after a
-    ``last``. A client whose results are not taken (``res.ready`` low) stalls only the array's
-    output while its own rows are at the head, never the requests of other clients (their beats
-    keep flowing until the array's output bank is full).
+    ``last``.
+
+    Back-pressure: results leave the array in the order the accumulations closed, so a client
+    whose rows are at the head and not taken (``res.ready`` low) holds back the rows behind
+    them, of every client. The requests of the other clients keep flowing meanwhile, until the
+    ownership FIFO (``in_flight - 1`` more closed accumulations) or the array's output bank is
+    full (``tests/test_pe_arbiter.py`` measures both bounds); hence the client rule of
+    :class:`hw.pe_array.PEClientSignature`: take your results without outside waits.
+
+    Known deviation from the stream rules: between accumulations the grant is recomputed every
+    cycle, so a beat presented to a stalled array (``array.req.ready`` low) can be replaced by
+    another client's beat before it is taken. :class:`hw.pe_array.PEArray` samples only on
+    ``ready``, so results are unaffected; holding the grant would change the schedule, and this
+    restructuring keeps every cycle count.
     """
 
     def __init__(self, config, *, ports=2, in_flight=4):

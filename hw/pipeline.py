@@ -33,7 +33,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out, connect
 
 from hw.arith import bits_for
-from hw.engine import EngineControl, EngineRegisters, RegisterSignature, Setting
+from hw.engine import Engine, EngineRegisters, RegisterSignature, Setting
 from hw.pe_arbiter import PEArbiter
 from hw.pe_array import PEArray
 
@@ -207,27 +207,29 @@ class Pipeline(wiring.Component):
         return m
 
 
-class PassThrough(wiring.Component):
+class PassThrough(Engine):
     """A trivial stage: beats of ``layout`` pass through one register stage, counted.
 
     Shows what a stage needs: activation ports and an engine declaration
     (:data:`PassThrough.registers`: setting ``beats``, counter ``beats_out``; DONE once
-    ``beats_out`` reaches ``beats``). Throughput one beat per cycle, latency one cycle.
+    ``beats_out`` reaches ``beats``; beats wait until START). Throughput one beat per cycle,
+    latency one cycle.
     """
 
-    registers = EngineRegisters("pass_through", settings=[Setting("beats")],
-                                counters=("beats_out",))
+    registers = EngineRegisters(
+        "pass_through", settings=[Setting("beats", doc="beats of the run (DONE once all passed)")],
+        counters=(("beats_out", "beats passed on"),))
 
     def __init__(self, layout):
-        super().__init__({"i": In(stream.Signature(layout)), "o": Out(stream.Signature(layout)),
-                          "csr": In(RegisterSignature(self.registers.addr_bits))})
+        super().__init__(None, {"i": In(stream.Signature(layout)),
+                                "o": Out(stream.Signature(layout))})
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.control = ctl = EngineControl(self.registers)
-        connect(m, wiring.flipped(self.csr), ctl.csr)
+        ctl = self.control(m)
         fire_o = self.o.valid & self.o.ready
-        m.d.comb += [self.i.ready.eq(~self.o.valid | self.o.ready), ctl.config_ok.eq(1),
+        m.d.comb += [self.i.ready.eq(ctl.running & (~self.o.valid | self.o.ready)),
+                     ctl.config_ok.eq(1),
                      ctl.count.beats_out.eq(fire_o),
                      ctl.finished.eq(ctl.counters.beats_out == ctl.settings.beats)]
         with m.If(fire_o):

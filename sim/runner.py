@@ -74,7 +74,10 @@ def run_cocotb(design, config, simulator, test_module, *, testcase=None, seed=1,
     """Build (once) and run the cocotb ``test_module`` against ``design`` under ``simulator``.
 
     ``optimised`` builds an optimised simulation model in a directory of its own (benchmarks).
-    Raises :exc:`AssertionError` naming the failed cocotb tests, with the log path.
+    With ``WAVES=1`` in the environment, the model records a waveform (FST under both
+    simulators: cocotb's runner makes Icarus write FST, Verilator gets ``--trace-fst``) in a
+    build directory of its own. Raises :exc:`AssertionError` naming the failed cocotb tests,
+    the log path, and how to re-run with waveforms (or where the waveform is).
     """
     from cocotb_tools.runner import get_runner
     if simulator not in SIMULATORS:
@@ -88,8 +91,12 @@ def run_cocotb(design, config, simulator, test_module, *, testcase=None, seed=1,
         os.environ["PATH"] = venv_bin + os.pathsep + os.environ.get("PATH", "")
     tag = _tag(design, config)
     source = BUILD / "verilog" / (tag + ".v")
-    build_dir = BUILD / (simulator + ("_optimised" if optimised else "")) / tag
-    build_args = (OPTIMISED_ARGS if optimised else BUILD_ARGS)[simulator]
+    waves = os.environ.get("WAVES", "0") not in ("", "0")
+    build_dir = BUILD / (simulator + ("_optimised" if optimised else "")
+                         + ("_waves" if waves else "")) / tag
+    build_args = list((OPTIMISED_ARGS if optimised else BUILD_ARGS)[simulator])
+    if waves and simulator == "verilator":
+        build_args += ["--trace-fst", "--trace-structs"]
     runner = get_runner(simulator)
     with _locked(build_dir):
         write_verilog(design, config, source)
@@ -99,7 +106,7 @@ def run_cocotb(design, config, simulator, test_module, *, testcase=None, seed=1,
         always = not stamp.exists() or stamp.read_text() != args
         runner.build(sources=[source], hdl_toplevel=design, build_dir=build_dir,
                      timescale=("1ns", "1ps"), build_args=build_args, always=always,
-                     log_file=build_dir / "build.log")
+                     log_file=build_dir / "build.log", waves=waves)
         stamp.write_text(args)
     # One directory per (testbench, test case, environment): parallel pytest workers running
     # the same testbench on different data must not share a results file.
@@ -114,20 +121,27 @@ def run_cocotb(design, config, simulator, test_module, *, testcase=None, seed=1,
             test_module=test_module, hdl_toplevel=design, testcase=testcase, seed=seed,
             build_dir=build_dir, test_dir=test_dir, timescale=("1ns", "1ps"),
             extra_env={**config_to_env(config), **(env or {})},
-            results_xml=str(results), log_file=test_dir / "sim.log")
+            results_xml=str(results), log_file=test_dir / "sim.log", waves=waves)
     except SystemExit:
         pass        # cocotb's runner exits on a failed test; the results file says which
+    if waves:
+        found = sorted((p for d in (test_dir, build_dir) for p in d.glob("*.[fv][sc][td]")),
+                       key=lambda p: p.stat().st_mtime)
+        hint = "waveform: {}".format(found[-1] if found else "none written")
+    else:
+        hint = ("re-run with WAVES=1 in the environment to record an FST waveform under {}"
+                .format(BUILD / (build_dir.parent.name + "_waves") / tag))
     if not results.exists():
-        raise AssertionError("cocotb {} under {} wrote no results (log: {})"
-                             .format(test_module, simulator, test_dir / "sim.log"))
+        raise AssertionError("cocotb {} under {} wrote no results (log: {}; {})"
+                             .format(test_module, simulator, test_dir / "sim.log", hint))
     failed, total = [], 0
     for case in ET.parse(results).getroot().iter("testcase"):
         total += 1
         if case.find("failure") is not None or case.find("error") is not None:
             failed.append(case.get("name"))
     if failed or total == 0:
-        raise AssertionError("cocotb {} under {}: {} of {} tests failed: {} (log: {})"
+        raise AssertionError("cocotb {} under {}: {} of {} tests failed: {} (log: {}; {})"
                              .format(test_module, simulator, len(failed), total,
                                      ", ".join(failed) or "no test ran",
-                                     test_dir / "sim.log"))
+                                     test_dir / "sim.log", hint))
     return total

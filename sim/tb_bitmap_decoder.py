@@ -1,6 +1,5 @@
 """cocotb testbench: bitmap decoder vs. the reference, including a malformed token."""
 
-import os
 import random
 
 import cocotb
@@ -9,6 +8,7 @@ from cocotb.triggers import FallingEdge
 from golden.blocks import bitmap_decode_reference
 from hw.bitmap_decoder import bitmap_map_layout, bitmap_pair_layout, bitmap_value_layout
 from sim import stimulus
+from sim.driver import settings_from_env
 from sim.runner import config_from_env
 from sim.scoreboard import check_equal, tokens_from_pair_beats
 from sim.streams import StreamSink, StreamSource, start_clock_and_reset
@@ -30,7 +30,7 @@ async def decode(dut, cfg, maps, vals, tokens, seed, stall):
 @cocotb.parametrize(stall=[0.0, 0.4])
 async def bitmap_decoder_matches_reference(dut, stall):
     cfg = config_from_env()
-    seed = int(os.environ.get("RTSA_SEED", "1")) + int(stall * 100)
+    seed = settings_from_env()["seed"] + int(stall * 100)
     rng = random.Random(seed)
     tokens = stimulus.delta_tokens(rng, 8, rng.choice([cfg.bitmap_word, cfg.max_d]))
     maps, vals = stimulus.bitmap_streams(cfg, tokens)

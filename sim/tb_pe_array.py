@@ -8,6 +8,7 @@ import cocotb
 from golden.blocks import pe_array_reference
 from hw.pe_array import pe_input_layout, pe_output_layout
 from sim import stimulus
+from sim.driver import settings_from_env
 from sim.runner import config_from_env
 from sim.scoreboard import check_equal
 from sim.streams import StreamSink, StreamSource, start_clock_and_reset
@@ -17,7 +18,7 @@ from sim.streams import StreamSink, StreamSource, start_clock_and_reset
 @cocotb.parametrize(stall=[0.0, 0.4])
 async def pe_array_matches_reference(dut, stall):
     cfg = config_from_env()
-    seed = int(os.environ.get("RTSA_SEED", "1")) + int(stall * 100)
+    seed = settings_from_env()["seed"] + int(stall * 100)
     beats = stimulus.pe_beats(cfg, random.Random(seed), groups=int(os.environ.get("RTSA_GROUPS", "6")))
     want = pe_array_reference(cfg, beats)
     await start_clock_and_reset(dut)

@@ -1,6 +1,5 @@
 """cocotb testbench: sub-vector mask decoder vs. the reference."""
 
-import os
 import random
 
 import cocotb
@@ -8,6 +7,7 @@ import cocotb
 from golden.blocks import subvector_decode_reference
 from hw.subvector_decoder import subvector_item_layout, subvector_mask_layout
 from sim import stimulus
+from sim.driver import settings_from_env
 from sim.runner import config_from_env
 from sim.scoreboard import check_equal
 from sim.streams import StreamSink, StreamSource, start_clock_and_reset
@@ -17,7 +17,7 @@ from sim.streams import StreamSink, StreamSource, start_clock_and_reset
 @cocotb.parametrize(stall=[0.0, 0.4])
 async def subvector_decoder_matches_reference(dut, stall):
     cfg = config_from_env()
-    seed = int(os.environ.get("RTSA_SEED", "1")) + int(stall * 100)
+    seed = settings_from_env()["seed"] + int(stall * 100)
     heads = stimulus.column_masks(cfg, random.Random(seed), heads=3, columns=12)
     want = subvector_decode_reference(cfg, heads)
     beats = [{"mask": mask, "last": int(j == len(cols) - 1)}

@@ -4,13 +4,16 @@ import random
 import zlib
 
 import pytest
+from amaranth.hdl import Module, Signal
 from amaranth.sim import Simulator
 
-from golden.blocks import (bitmap_decode_reference, pe_array_reference,
+from golden.blocks import (ROUTES, bitmap_decode_reference, pe_array_reference,
                            subvector_decode_reference)
+from golden.contract import PERoute
 from hw.bitmap_decoder import BitmapDecoder
+from hw.bitpick import pick_lowest
 from hw.config import preset
-from hw.pe_array import PEArray
+from hw.pe_array import PEArray, Route
 from hw.subvector_decoder import SubvectorDecoder
 from sim import stimulus
 from sim.amaranth_streams import StreamStalls, get_until, put_all
@@ -45,6 +48,53 @@ def run(dut, sources, sink, done, seed, *, stall=0.3, extra=None):
     sim.add_testbench(collect)
     sim.run()
     return got
+
+
+def run_until_lasts(dut, sources, sink, lasts, seed):
+    """:func:`run` until ``lasts`` beats with ``last`` have left; return (beats, ``error``
+    then)."""
+    errors = []
+
+    async def check_error(ctx):
+        errors.append(ctx.get(dut.error))
+    got = run(dut, sources, sink, lambda r: sum(b["last"] for b in r) >= lasts, seed,
+              extra=check_error)
+    return got, errors[0]
+
+
+def test_route_codes_are_the_contract_s():
+    assert {r.name: r.value for r in Route} == {r.name: int(r) for r in PERoute} == ROUTES
+
+
+@pytest.mark.parametrize("width,count,values", [
+    *((w, c, range(1 << w)) for w in (1, 2, 3, 5, 8) for c in (1, 2, 3)),
+    (98, 2, None), (512, 1, None),          # widths of the sub-vector decoder's masks
+])
+def test_pick_lowest_matches_a_scan(width, count, values):
+    """The k lowest set bits, lowest first, 0 and absent past the last; the rest cleared."""
+    if values is None:
+        rng = random.Random(width)
+        values = [0, (1 << width) - 1, 1 << (width - 1)] + [
+            rng.getrandbits(width) & rng.getrandbits(width) & rng.getrandbits(width)
+            for _ in range(40)]
+    m = Module()
+    bits, rest = Signal(width), Signal(width)
+    index, present, remaining = pick_lowest(m, bits, count, name="p")
+    flags = Signal(count)
+    m.d.comb += [rest.eq(remaining), flags.eq(sum(p << j for j, p in enumerate(present)))]
+
+    async def check(ctx):
+        for v in values:
+            ctx.set(bits, v)
+            ones = [b for b in range(width) if v >> b & 1]
+            got = [ctx.get(p) for p in index], ctx.get(flags), ctx.get(rest)
+            want = ([ones[j] if j < len(ones) else 0 for j in range(count)],
+                    (1 << min(count, len(ones))) - 1,
+                    v & ~sum(1 << b for b in ones[:count]))
+            assert got == want, (hex(v), got, want)
+    sim = Simulator(m)
+    sim.add_testbench(check)
+    sim.run()
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -132,14 +182,10 @@ def test_bitmap_decoder_flags_malformed_and_resyncs(case):
     good = [[0, 7, 0, -3] + [0] * 12 + [9]]
     maps, vals = stimulus.bitmap_streams(cfg, good)
     dut = BitmapDecoder(cfg)
-    errors = []
-
-    async def check_error(ctx):
-        errors.append(ctx.get(dut.error))
-    got = run(dut, [(dut.i_map, bad_maps + maps), (dut.i_val, bad_vals + vals)], dut.o,
-              lambda r: sum(b["last"] for b in r) >= 2, SEED, extra=check_error)
+    got, error = run_until_lasts(dut, [(dut.i_map, bad_maps + maps), (dut.i_val, bad_vals + vals)],
+                                 dut.o, 2, SEED)
     tokens = tokens_from_pair_beats(got, cfg.decode_width)
-    assert errors == [1]
+    assert error == 1
     # The malformed token is closed, and the next token decodes exactly.
     assert len(tokens) == 2 and tokens[1] == bitmap_decode_reference(good)[0]
 
@@ -181,13 +227,8 @@ def test_subvector_decoder_flags_too_many_blocks():
     cfg = preset("tiny").replace(max_tokens=16, name="t16")        # 2 row blocks per head
     beats = [{"mask": 1 << b, "last": int(b == 2)} for b in range(3)]
     dut = SubvectorDecoder(cfg, order="block")
-    errors = []
-
-    async def check_error(ctx):
-        errors.append(ctx.get(dut.error))
-    got = run(dut, [(dut.i, beats)], dut.o, lambda r: sum(b["last"] for b in r) >= 1, SEED,
-              extra=check_error)
-    assert errors == [1]
+    got, error = run_until_lasts(dut, [(dut.i, beats)], dut.o, 1, SEED)
+    assert error == 1
     assert [(g["block"], g["column"], g["empty"], g["last"]) for g in got] == [
         (0, 0, 0, 0), (1, 1, 0, 0), (1, 0, 1, 1)]
 
@@ -203,13 +244,8 @@ def test_subvector_decoder_flags_too_many_columns():
     assert cfg.max_blocks == 2
     beats = [{"mask": 1, "last": int(j == 17)} for j in range(18)] + [{"mask": 3, "last": 1}]
     dut = SubvectorDecoder(cfg)
-    errors = []
-
-    async def check_error(ctx):
-        errors.append(ctx.get(dut.error))
-    got = run(dut, [(dut.i, beats)], dut.o, lambda r: sum(b["last"] for b in r) >= 2, SEED,
-              extra=check_error)
-    assert errors == [1]
+    got, error = run_until_lasts(dut, [(dut.i, beats)], dut.o, 2, SEED)
+    assert error == 1
     # Columns 16 and 17 are dropped; the head is still closed, and the next head is intact.
     assert [(g["column"], g["block"], g["empty"]) for g in got] == (
         [(j, 0, 0) for j in range(16)] + [(15, 0, 1), (0, 0, 0), (0, 1, 0)])

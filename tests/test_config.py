@@ -5,8 +5,10 @@ import json
 import pytest
 
 from golden import contract
+from hw import arith, designs
 from hw.config import PRESETS, RTSAConfig, preset
 from hw.generate import generate
+from sim import runner
 
 
 def test_presets_and_derived_widths():
@@ -22,6 +24,27 @@ def test_presets_and_derived_widths():
         assert 2 ** cfg.index_bits >= cfg.max_reduction
         assert cfg.max_blocks * cfg.lanes >= cfg.max_tokens
     assert preset("tiny").acc_format.bits == 28
+
+
+def test_width_helpers():
+    assert [contract.bits_for(n) for n in (1, 2, 3, 4, 5, 512, 513)] == [1, 1, 2, 2, 3, 9, 10]
+    assert [contract.log2_exact(n) for n in (1, 2, 16, 1 << 40)] == [0, 1, 4, 40]
+    assert arith.bits_for is contract.bits_for and arith.log2_exact is contract.log2_exact
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match="bits_for needs a positive integer count"):
+            contract.bits_for(bad)
+    for bad in (0, 3, 12, 2.0, True):
+        with pytest.raises(ValueError, match="log2_exact needs a positive power of two"):
+            contract.log2_exact(bad)
+    cfg = preset("large")
+    assert (cfg.index_bits, cfg.block_bits, cfg.column_bits, cfg.position_bits) == (12, 7, 11, 8)
+
+
+def test_designs_live_with_the_hardware():
+    assert runner.DESIGNS is designs.DESIGNS and runner.design_class is designs.design_class
+    assert designs.design_class("bitmap_decoder").__name__ == "BitmapDecoder"
+    with pytest.raises(ValueError, match="Unknown design 'cpu'; choose one of pe_array"):
+        designs.design_class("cpu")
 
 
 @pytest.mark.parametrize("changes,message", [
