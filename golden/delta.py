@@ -1,4 +1,4 @@
-"""Inter-frame delta linear projection (RTSA, ARCHITECTURE.md §1.2) on the integer model.
+"""Inter-frame delta linear projection (RTSA; docs/architecture.md) on the integer model.
 
 Every token-wise linear layer keeps, per spatial position, a reference input ``r`` (int8) and
 its output ``y_ref = W r + b`` (accumulator units). For a token ``x`` at that position::

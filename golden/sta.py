@@ -1,6 +1,6 @@
 """STA token pruning: Semantic-aware Temporal Accumulation (ICCV 2023), golden model.
 
-Specification: ``ARCHITECTURE.md`` §1.1 (the official implementation's details). Tokens are
+Specification: the official implementation's details, written out below. Tokens are
 dropped per *group* of token frames after three blocks, scored by their accumulated temporal
 redundancy times one minus their normalised activation.
 

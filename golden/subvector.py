@@ -1,4 +1,4 @@
-"""Sub-vector attention sparsity (RTSA, ARCHITECTURE.md §1.3) and its granularity baselines.
+"""Sub-vector attention sparsity (RTSA; docs/architecture.md) and its granularity baselines.
 
 For one head the score matrix ``S = Q K^T`` (queries in rows, keys in columns) is cut into
 *units*; a cheap predictor ranks the units, and only the kept units are computed exactly

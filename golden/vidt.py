@@ -1,6 +1,6 @@
 """Float video transformer (VidT) of the benchmark, in PyTorch.
 
-A VideoMAE-style ViT over video (``ARCHITECTURE.md`` §1): a clip ``[B, C, T, H, W]`` is cut
+A VideoMAE-style ViT over video (docs/architecture.md): a clip ``[B, C, T, H, W]`` is cut
 into tubelets of ``t x p x p`` pixels, each linearly embedded to a token of width ``d``; a
 positional embedding is added; ``L`` pre-LayerNorm blocks (multi-head self-attention, residual,
 GELU MLP, residual) follow; a final LayerNorm, **mean pooling** over all tokens (there is no CLS

@@ -9,8 +9,11 @@ Depth: slot ``j`` sees the word after ``j`` clears of its lowest set bit (``x & 
 subtraction each) and finds the bit's position with a balanced tree
 (:func:`lowest_set_index`, ``ceil_log2(len(bits))`` levels of 2-input muxes) rather than a
 priority chain as long as the word: the sub-vector decoder of the attention engine picks from a
-``max_tokens``-bit mask (512 bits in the ``vidt`` preset), where a chain of 512 muxes is one
-very deep cone.
+``max_tokens``-bit mask (512 bits in the ``vidt`` preset). Measured on that decoder alone: with
+a chain, the longest path after Yosys' ``synth -noabc`` is 512 cells and ``synth_ecp5 -abc9``
+fails with "call stack exhausted"; with the tree, 50 cells, and ``synth_ecp5 -abc9`` completes.
+The tree computes the same function as the chain (checked formally with Yosys' ``equiv_*``
+passes on the three blocks).
 """
 
 from amaranth.hdl import Cat, Const, Mux, Signal, Value

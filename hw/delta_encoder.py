@@ -135,10 +135,10 @@ class DeltaEncoder(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg = self._config
-        e, k, W = cfg.bitmap_word, cfg.decode_width, self._max_words
+        e, W = cfg.bitmap_word, self._max_words
         act = arith.shape_of(contract.ACT)
         op = arith.shape_of(cfg.operand_format)
-        i, o_map, o_val, o_tok = self.i, self.o_map, self.o_val, self.o_tok
+        i, o_map, o_tok = self.i, self.o_map, self.o_tok
         beat = i.payload
 
         # Reference vectors, one word of e elements per (position, word index). The read of a
@@ -262,19 +262,34 @@ class DeltaEncoder(wiring.Component):
                              o_tok.payload.dense.eq(s1_dense)]
 
         # --- Stage 2: pack up to k values per cycle behind a carry of up to k. ------------
-        # A full beat can leave only once it is known whether it is the token's last: when
-        # more values follow in this word or (one word of look-ahead) in the word waiting in
-        # stage 1, or when the token ends. Otherwise it waits in the carry.
+        # Stage 1 holds the next word of the same token whenever this word is not the last.
+        self._pack(m, valid=s2_valid, final=s2_final, done=s2_done, rem=s2_rem, vals=s2_vals,
+                   ahead=s1_valid & (send != 0))
+        return m
+
+    def _pack(self, m, *, valid, final, done, rem, vals, ahead):
+        """Stage 2, the value packer: up to ``k`` values a cycle into ``o_val`` beats.
+
+        A full beat can leave only once it is known whether it is the token's last: when
+        more values follow in this word or (one word of look-ahead, ``ahead``) in the word
+        waiting in stage 1, or when the token ends. Otherwise it waits in the carry.
+        ``valid``, ``final`` (the token's last word), ``rem`` (its sent elements not packed
+        yet) and ``vals`` are the stage's registers; ``done`` is driven here (the word is
+        finished this cycle).
+        """
+        k, e = self._config.decode_width, self._config.bitmap_word
+        op = arith.shape_of(self._config.operand_format)
+        o_val = self.o_val
         carry = Signal(data.ArrayLayout(op, k))
         ccnt = Signal(range(k + 1))
-        pick_pos, present, rem = bitpick.pick_lowest(m, s2_rem, k, name="pick_pos")
+        pick_pos, present, rest = bitpick.pick_lowest(m, rem, k, name="pick_pos")
         picked = [Signal(op, name=f"pick_{j}") for j in range(k)]
         for v, p, there in zip(picked, pick_pos, present):
-            m.d.comb += v.eq(Mux(there, s2_vals[p], 0))     # zero: the padding of a beat
+            m.d.comb += v.eq(Mux(there, vals[p], 0))    # zero: the padding of a beat
         rem_after = Signal(e)
         n = Signal(range(k + 1))
         total = Signal(range(2 * k + 1))
-        m.d.comb += [rem_after.eq(rem), n.eq(sum(present)), total.eq(ccnt + n)]
+        m.d.comb += [rem_after.eq(rest), n.eq(sum(present)), total.eq(ccnt + n)]
         # Carried values first, then this cycle's picks; slots past total are zero.
         slots = [Signal(op, name=f"slot_{j}") for j in range(2 * k)]
         with m.Switch(ccnt):
@@ -284,19 +299,17 @@ class DeltaEncoder(wiring.Component):
                         src = carry[j] if j < c else picked[j - c] if j - c < k else 0
                         m.d.comb += slot.eq(src)
 
-        tok_end = s2_final & (rem_after == 0)
-        # Stage 1 holds the next word of the same token whenever this word is not the last.
-        ahead = s1_valid & (send != 0)
+        tok_end = final & (rem_after == 0)
         full = (total > k) | ((total == k) & ((rem_after != 0) | tok_end | ahead))
         # A token end with more than k values left needs one more cycle for its last beat.
         spill = tok_end & (total > k)
-        emit = s2_valid & (full | (tok_end & (total != 0)))
-        go = s2_valid & (~emit | ~o_val.valid | o_val.ready)
-        m.d.comb += s2_done.eq(go & (rem_after == 0) & ~spill)
+        emit = valid & (full | (tok_end & (total != 0)))
+        go = valid & (~emit | ~o_val.valid | o_val.ready)
+        m.d.comb += done.eq(go & (rem_after == 0) & ~spill)
         with m.If(o_val.valid & o_val.ready):
             m.d.sync += o_val.valid.eq(0)
-        with m.If(go & ~s2_done):         # a done word makes room for stage 1's next one
-            m.d.sync += s2_rem.eq(rem_after)
+        with m.If(go & ~done):     # a done word makes room for stage 1's next one
+            m.d.sync += rem.eq(rem_after)
         with m.If(go):
             with m.If(full):
                 m.d.sync += ccnt.eq(total - k)

@@ -1,7 +1,7 @@
 """The augmented PE array: ``rows`` PE rows of ``lanes`` multiply-accumulate lanes.
 
 The atomic operation of the accelerator is a v-wide vector times a broadcast scalar,
-accumulated. Both sparse workloads reduce to it (ARCHITECTURE.md §1):
+accumulated. Both sparse workloads reduce to it (docs/architecture.md):
 
 * linear projection ``y[chunk] += delta_i * W[chunk, i]``: one scalar (``delta_i``) is shared by
   every row, each row takes its own ``lanes``-slice of the weight column
@@ -34,11 +34,11 @@ __all__ = ["Route", "pe_input_layout", "pe_output_layout", "PEArray", "PEClientS
 class Route(enum.Enum, shape=2):
     """How one input beat's operands reach the rows."""
     #: ``scalar[0]`` to every row, ``vector[r]`` to row ``r`` (linear projection).
-    SHARED_SCALAR = 0
+    SHARED_SCALAR = int(contract.PERoute.SHARED_SCALAR)
     #: ``vector[0]`` to every row, ``scalar[r]`` to row ``r`` (attention QK^T and A.V).
-    SHARED_VECTOR = 1
+    SHARED_VECTOR = int(contract.PERoute.SHARED_VECTOR)
     #: ``scalar[r]`` and ``vector[r]`` to row ``r``.
-    PER_ROW = 2
+    PER_ROW = int(contract.PERoute.PER_ROW)
 
 
 def pe_input_layout(config):

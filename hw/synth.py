@@ -33,10 +33,7 @@ from pathlib import Path
 
 from hw.config import PRESETS
 
-try:
-    from hw.designs import DESIGNS
-except ImportError:
-    from sim.runner import DESIGNS
+from hw.designs import DESIGNS
 
 __all__ = ["DEFAULT_PRESETS", "ECP5_85F", "resources", "parse_stat", "markdown_table",
            "synth_top", "run", "main"]

@@ -44,7 +44,7 @@ class AttentionJob:
     expected : list of dict
         ``o`` beats.
     mac_lanes : int
-        Performed MACs of QK^T and A V (kept entries x head_dim x 2): the exact ``MAC_LANES``.
+        Performed MACs of QK^T and A V (kept entries x head_dim x 2): the exact ``mac_lanes`` counter.
     subvectors : int
         Kept sub-vectors: the exact ``SUBVECTORS`` counter.
     """

@@ -11,7 +11,7 @@ on the benchmark model, from the generated Verilog under a real simulator (Veril
        {"layer", "heads", "cycles", "dense_cycles", "ideal_cycles", "utilisation", ...}
 
    ``ideal_cycles`` = performed MACs (kept score entries x head_dim, for QK^T and for A V; the
-   engine's MAC_LANES counter equals it exactly) / (rows x lanes); ``utilisation`` =
+   engine's ``mac_lanes`` counter equals it exactly) / (rows x lanes); ``utilisation`` =
    ideal_cycles / cycles.
 2. **Run-through** (QKV projection feeding attention on one array, ``sim.tb_run_through``): two
    clips back to back at several token counts, from projection-bound (one frame) to

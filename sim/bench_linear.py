@@ -13,7 +13,7 @@ model on the way (the co-simulation testbench); the engine's own counters give t
 (the run's clip, block, tau, simulator and preset repeated in each entry).
 
 ``ideal_cycles`` = performed MACs / (rows x lanes), the MACs being the golden model's sent
-elements x d_out (the engine's MAC_LANES counter equals it exactly), and ``utilisation`` =
+elements x d_out (the engine's ``mac_lanes`` counter equals it exactly), and ``utilisation`` =
 ideal_cycles / cycles. ``build/bench/linear.md`` is the same as a table.
 
     python -m sim.bench_linear [--clip 0] [--block 0] [--tau 4] [--simulator verilator]

@@ -37,9 +37,9 @@ class LinearJob:
     expected : list of dict
         ``o`` beats (``data``, ``last``).
     mac_lanes : int
-        Performed MACs (sent elements x ``d_out``): the exact expected ``MAC_LANES`` counter.
+        Performed MACs (sent elements x ``d_out``): the exact expected ``mac_lanes`` counter.
     pairs : int
-        Sent elements summed over tokens and chunks: the expected ``PAIRS`` counter.
+        Sent elements summed over tokens and chunks: the expected ``pairs`` counter.
     outputs : torch.Tensor
         The expected outputs as a ``[N, d_out]`` tensor (what ``expected`` holds as beats).
     """

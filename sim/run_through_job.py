@@ -36,7 +36,7 @@ class RunThroughJob:
     def plan(self, *, timeout=None):
         """This job as a :class:`sim.driver.Plan` for :class:`hw.run_through.RunThrough`:
         program and load the projection (stage ``qkv``), program attention, start attention
-        (its CYCLES then span the whole run-through), then the projection."""
+        (its ``cycles`` then span the whole run-through), then the projection."""
         lin, att = self.linear, self.attention
         if timeout is None:
             # Attention on a sequence starts once its last token is projected.

@@ -96,7 +96,7 @@ def test_bad_configuration_does_not_start():
 
 
 def test_mask_column_past_n_is_flagged_and_pruned():
-    """A mask bit at a column >= N sets ERR_MASK; that entry is treated as pruned and every
+    """A mask bit at a column >= N sets the ``mask`` error; that entry is treated as pruned and every
     output stays exact."""
     seed = SEED + 5
     rng = random.Random(seed)

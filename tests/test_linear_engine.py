@@ -149,7 +149,7 @@ def test_weights_too_large_for_the_buffer_raise_config_error():
 @pytest.mark.parametrize("kind", ["short", "long"])
 def test_wrong_token_length_raises_token_error_and_resynchronises(kind):
     """A token one beat short (``last`` early) or one beat long (no ``last`` on beat
-    ``d_in / bitmap_word``): ERR_TOKEN, the run still finishes with one output token per input
+    ``d_in / bitmap_word``): the ``token`` error, the run still finishes with one output token per input
     token, and the tokens at other positions stay bit-exact."""
     seed = SEED + (201 if kind == "short" else 202)
     job = _small_job(seed)
@@ -178,7 +178,7 @@ def test_wrong_token_length_raises_token_error_and_resynchronises(kind):
 
 
 def test_accumulator_overflow_raises_overflow_error():
-    """y = bias + acc beyond the accumulator format: ERR_OVERFLOW, and the run finishes."""
+    """y = bias + acc beyond the accumulator format: the ``overflow`` error, and the run finishes."""
     cfg = CONFIGS["r2v4k2"]
     seed = SEED + 301
     d_in, d_out = 2 * cfg.bitmap_word, cfg.lanes * cfg.rows
