@@ -138,17 +138,6 @@ class EngineRegisters:
         ``.errors.<name>``."""
         return data.Const(self.status_layout, int(value))
 
-    def status_bits(self, **fields):
-        """The STATUS value with ``fields`` set (``running``, ``done``, or an error name;
-        ``error`` follows from the error bits)."""
-        errors = {k: v for k, v in fields.items() if k in self.errors}
-        top = {k: v for k, v in fields.items() if k not in self.errors}
-        bad = set(top) - {"running", "done"}
-        if bad:
-            raise ValueError("{} engine has no status bit {}".format(self.name, sorted(bad)))
-        return self.status_layout.const(
-            {**top, "error": int(any(errors.values())), "errors": errors}).as_value().value
-
     def describe(self, value):
         """A STATUS value in words, for failure messages."""
         st = self.status(value)

@@ -143,10 +143,6 @@ class Pipeline(wiring.Component):
     def config(self):
         return self._config
 
-    @property
-    def stages(self):
-        return dict(self._stages)
-
     def addr(self, stage, register):
         """Address of ``register`` of ``stage`` on the pipeline's register port."""
         try:

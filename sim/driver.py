@@ -90,7 +90,6 @@ class JobDriver:
         self.top, self.plan = top, plan
         self.seed, self.stall, self.done_polls = seed, stall, done_polls
         self.go = False
-        self.finished = False
         self.result = {"outputs": {}, "status": {}, "counters": {}, "seen": {}}
 
     def _stalls(self, k):
@@ -167,7 +166,6 @@ class JobDriver:
             names = list(wanted) or list(regs[stage][1].counters)
             self.result["counters"][stage] = {n: await be.read(self._addr(stage, n))
                                               for n in names}
-        self.finished = True
         return self.result
 
 
