@@ -135,6 +135,7 @@ class QLayerNorm:
         gamma = _to_int(g / g_scale).clamp(contract.WEIGHT.min, contract.WEIGHT.max)
         unit = g_scale * 2.0 ** -contract.LN_FRAC_BITS
         beta = _to_int(ln.bias.detach().to(torch.float64) / unit)
+        beta = beta.clamp(contract.LN_BETA.min, contract.LN_BETA.max)
         mult, shift = contract.quantize_multiplier(unit / out_scale)
         return cls(gamma, beta, mult, shift)
 

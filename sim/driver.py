@@ -86,14 +86,15 @@ class JobDriver:
     register windows the backend drives), with seeded stalls on the input and output streams
     (stream ``k`` of the plan uses seed ``seed + k``)."""
 
-    def __init__(self, top, plan, *, seed, stall, done_polls=20):
+    def __init__(self, top, plan, *, seed, stall, done_polls=20, max_wait=3):
         self.top, self.plan = top, plan
         self.seed, self.stall, self.done_polls = seed, stall, done_polls
+        self.max_wait = max_wait
         self.go = False
         self.result = {"outputs": {}, "status": {}, "counters": {}, "seen": {}}
 
     def _stalls(self, k):
-        return StreamStalls(self.seed + k, self.stall) if self.stall else None
+        return StreamStalls(self.seed + k, self.stall, self.max_wait) if self.stall else None
 
     def _addr(self, stage, register):
         return self.top.addr(stage, register)
@@ -201,13 +202,14 @@ class AmaranthBackend:
         return bool(self.ctx.get(self._port(port).ready))
 
 
-def run_amaranth(top, plan, *, seed, stall=0.3, check=True, deadline=None):
+def run_amaranth(top, plan, *, seed, stall=0.3, check=True, deadline=None, max_wait=3):
     """Run ``plan`` on a fresh simulation of ``top``; the driver's result (checked with
-    :meth:`Plan.check` unless ``check`` is false)."""
+    :meth:`Plan.check` unless ``check`` is false). Each stall lasts up to ``max_wait``
+    cycles."""
     from amaranth.sim import Simulator
     sim = Simulator(top)
     sim.add_clock(1e-8)
-    drv = JobDriver(top, plan, seed=seed, stall=stall)
+    drv = JobDriver(top, plan, seed=seed, stall=stall, max_wait=max_wait)
 
     async def control(ctx):
         be = AmaranthBackend(ctx, top)
