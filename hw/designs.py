@@ -20,6 +20,7 @@ DESIGNS = {
     "softmax_unit": ("hw.softmax_unit", "SoftmaxUnit"),
     "attention_engine": ("hw.run_through", "AttentionTop"),
     "run_through": ("hw.run_through", "RunThrough"),
+    "block": ("hw.block", "Block"),
 }
 
 

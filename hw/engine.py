@@ -31,7 +31,7 @@ from amaranth.lib.wiring import In, Out, connect
 from hw.arith import bits_for
 
 __all__ = ["Setting", "EngineRegisters", "RegisterSignature", "EngineControl", "Engine",
-           "COUNTER_BITS", "STATUS_ERROR_OFFSET"]
+           "token_gate", "finish_on_tokens", "COUNTER_BITS", "STATUS_ERROR_OFFSET"]
 
 #: Width of every counter register.
 COUNTER_BITS = 32
@@ -282,3 +282,23 @@ class Engine(wiring.Component):
         m.submodules.control = ctl = EngineControl(self.registers)
         connect(m, wiring.flipped(self.csr), ctl.csr)
         return ctl
+
+
+def token_gate(m, ctl, token_in):
+    """Input admission of a run counted in tokens: 1 while running and fewer than the
+    ``tokens`` setting have entered (``token_in``: a beat with ``last`` is taken), so no beat
+    of the next run enters early."""
+    tokens = ctl.settings.tokens
+    tokens_in = Signal.like(tokens, name="tokens_in")
+    with m.If(ctl.pulse.start):
+        m.d.sync += tokens_in.eq(0)
+    with m.Elif(token_in):
+        m.d.sync += tokens_in.eq(tokens_in + 1)
+    return ctl.running & (tokens_in < tokens)
+
+
+def finish_on_tokens(m, ctl, o):
+    """Count the tokens leaving on stream ``o`` in the ``tokens_out`` counter; the run is
+    finished once the ``tokens`` setting of them have left."""
+    m.d.comb += [ctl.count.tokens_out.eq(o.valid & o.ready & o.payload.last),
+                 ctl.finished.eq(ctl.counters.tokens_out == ctl.settings.tokens)]

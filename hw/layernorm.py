@@ -41,7 +41,7 @@ from amaranth.lib.wiring import In, Out
 from golden import contract
 from hw import arith
 from hw.arith import bits_for, log2_exact
-from hw.engine import Engine, EngineRegisters, Setting
+from hw.engine import Engine, EngineRegisters, Setting, finish_on_tokens
 from hw.linear_engine import activation_layout
 
 __all__ = ["REGISTERS", "LayerNorm", "RowStats", "ln_param_layout", "ln_param_words",
@@ -217,9 +217,8 @@ class LayerNorm(Engine):
         m.d.comb += [dp.running.eq(ctl.running), dp.d.eq(st.d), dp.mult.eq(st.mult),
                      dp.shift.eq(st.shift),
                      rp.addr.eq(dp.p_addr), rp.en.eq(dp.p_en), dp.p_data.eq(rp.data),
-                     ctl.raise_error.token.eq(dp.token_error),
-                     ctl.count.tokens_out.eq(self.o.valid & self.o.ready & self.o.payload.last),
-                     ctl.finished.eq(ctl.counters.tokens_out == st.tokens)]
+                     ctl.raise_error.token.eq(dp.token_error)]
+        finish_on_tokens(m, ctl, self.o)
         return m
 
 

@@ -20,24 +20,39 @@ A **stage** is a ``wiring.Component`` with
   ``slots`` buffers, and the pipeline admits the input tokens of sequence ``s`` only once
   sequence ``s - slots`` has left that stage (:class:`SequenceGate`). Without this a stage
   before it could fill the PE array's output with results nobody can take: a deadlock;
+* optionally ``skip`` (``In(stream)``): the second operand of a join (a residual add), fed by
+  a *skip path* (``skips``): a copy of the input of an earlier stage, buffered in a FIFO;
 * any other ports (loading streams, masks): exposed as ``<stage name>.<port>`` (Verilog
   ``<stage>__<port>__valid`` ...).
+
+Skip paths: ``(fork, join, depth)`` copies every beat entering stage ``fork`` into a FIFO of
+``depth`` beats that feeds ``join.skip`` (:class:`Tee`). A beat enters ``fork`` only when the
+FIFO has room, so ``depth`` must hold every beat between the two that ``join`` needs before
+it can take the oldest one (a whole sequence across an attention stage): otherwise the
+pipeline deadlocks.
+
+Result reservation: with two or more PE clients, a client whose output waits on another stage
+(a linear engine whose ``o`` feeds a stage that needs the array, the attention engine whose
+``o`` waits for a transposing buffer that the next projection drains) would leave result rows
+at the head of the array's output that nobody takes, and stop every client: a deadlock. So
+every client of a shared array gets a :class:`ResultReserve`: it opens an accumulation only when
+its result FIFO has room for the ``rows`` rows, and the array's output never waits.
 
 Register windows: every stage with registers gets a window of ``2 ** window_bits`` addresses
 (the largest stage's), in stage order; :meth:`Pipeline.addr` and :attr:`Pipeline.windows` give
 the host's view.
 """
 
-from amaranth.hdl import Module, Signal
-from amaranth.lib import stream, wiring
+from amaranth.hdl import Module, Mux, Signal
+from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out, connect
 
 from hw.arith import bits_for
 from hw.engine import Engine, EngineRegisters, RegisterSignature, Setting
 from hw.pe_arbiter import PEArbiter
-from hw.pe_array import PEArray
+from hw.pe_array import PEArray, PEClientSignature
 
-__all__ = ["CreditSignature", "SequenceGate", "Pipeline", "PassThrough"]
+__all__ = ["CreditSignature", "SequenceGate", "Tee", "ResultReserve", "Pipeline", "PassThrough"]
 
 _RESERVED = ("i", "o", "pe", "csr", "credit")
 
@@ -90,6 +105,60 @@ class SequenceGate(wiring.Component):
         return m
 
 
+class Tee(wiring.Component):
+    """Copies a stream: a beat of ``i`` leaves on ``o`` and on ``copy`` in the same cycle, when
+    both are ready. Combinational."""
+
+    def __init__(self, layout):
+        super().__init__({"i": In(stream.Signature(layout)), "o": Out(stream.Signature(layout)),
+                          "copy": Out(stream.Signature(layout))})
+
+    def elaborate(self, platform):
+        m = Module()
+        both = self.o.ready & self.copy.ready
+        m.d.comb += [self.o.payload.eq(self.i.payload), self.copy.payload.eq(self.i.payload),
+                     self.o.valid.eq(self.i.valid & self.copy.ready),
+                     self.copy.valid.eq(self.i.valid & self.o.ready), self.i.ready.eq(both)]
+        return m
+
+
+class ResultReserve(wiring.Component):
+    """Between a PE client and its arbiter port: a result FIFO of ``accumulations * rows``
+    rows, and an accumulation opens (its first beat passes) only when ``rows`` of them are
+    free, so the rows the array returns are always taken at once.
+
+    ``client`` faces the client, ``array`` the arbiter. Beats inside an accumulation pass
+    combinationally; results reach the client through the FIFO (one cycle more).
+    """
+
+    def __init__(self, config, accumulations=2):
+        self._rows = config.rows
+        self._depth = accumulations * config.rows
+        super().__init__({"client": In(PEClientSignature(config)),
+                          "array": Out(PEClientSignature(config))})
+
+    def elaborate(self, platform):
+        m = Module()
+        rows, depth = self._rows, self._depth
+        req, res, up = self.client.req, self.client.res, self.array
+        layout = res.payload.shape()
+        m.submodules.results = q = fifo.SyncFIFOBuffered(width=layout.size, depth=depth)
+        free = Signal(range(depth + 1), init=depth)
+        inside = Signal()                       # between an accumulation's first and last beat
+        allow = inside | (free >= rows)
+        m.d.comb += [up.req.valid.eq(req.valid & allow), up.req.payload.eq(req.payload),
+                     req.ready.eq(up.req.ready & allow)]
+        fire = up.req.valid & up.req.ready
+        with m.If(fire):
+            m.d.sync += inside.eq(~req.payload.last)
+        taken = res.valid & res.ready
+        m.d.sync += free.eq(free - Mux(fire & ~inside, rows, 0) + taken)
+        m.d.comb += [q.w_data.eq(up.res.payload), q.w_en.eq(up.res.valid),
+                     up.res.ready.eq(q.w_rdy),
+                     res.valid.eq(q.r_rdy), res.payload.eq(q.r_data), q.r_en.eq(res.ready)]
+        return m
+
+
 class Pipeline(wiring.Component):
     """Stages chained by their activation streams, sharing one :class:`hw.pe_array.PEArray`.
 
@@ -98,6 +167,8 @@ class Pipeline(wiring.Component):
     config : :class:`hw.config.RTSAConfig`
     stages : sequence of (name, stage)
         See the module docstring.
+    skips : sequence of (fork, join, depth)
+        Skip paths (see the module docstring).
 
     Attributes
     ----------
@@ -106,7 +177,7 @@ class Pipeline(wiring.Component):
     <name> : the extra ports of stage ``name``.
     """
 
-    def __init__(self, config, stages):
+    def __init__(self, config, stages, *, skips=()):
         stages = list(stages)
         if not stages:
             raise ValueError("stages must be a non-empty list of (name, stage), not {!r}"
@@ -123,6 +194,7 @@ class Pipeline(wiring.Component):
                 raise ValueError("stage {!r} input layout must be stage {!r}'s output layout "
                                  "{!r}, not {!r}".format(n1, n0, _payload(s0, "o"),
                                                          _payload(s1, "i")))
+        self._skips = self._check_skips(stages, skips)
         self._config = config
         self._stages = stages
         with_regs = [(n, s) for n, s in stages if "csr" in s.signature.members]
@@ -133,11 +205,33 @@ class Pipeline(wiring.Component):
         members = {"i": In(stream.Signature(_payload(stages[0][1], "i"))),
                    "o": Out(stream.Signature(_payload(stages[-1][1], "o"))),
                    "csr": In(RegisterSignature(self.window_bits + bits_for(len(with_regs))))}
+        joins = {j for _, j, _ in self._skips}
         for n, s in stages:
-            extra = {p: mem for p, mem in s.signature.members.items() if p not in _RESERVED}
+            extra = {p: mem for p, mem in s.signature.members.items()
+                     if p not in _RESERVED and not (p == "skip" and n in joins)}
             if extra:
                 members[n] = Out(wiring.Signature(extra))
         super().__init__(members)
+
+    @staticmethod
+    def _check_skips(stages, skips):
+        index = {n: k for k, (n, _) in enumerate(stages)}
+        out = []
+        for skip in skips:
+            fork, join, depth = skip
+            if fork not in index or join not in index or index[fork] >= index[join]:
+                raise ValueError("a skip path must name an earlier stage and a later one, not "
+                                 "{!r}".format(skip))
+            js = stages[index[join]][1]
+            if "skip" not in js.signature.members:
+                raise ValueError("stage {!r} has no skip port".format(join))
+            if _payload(js, "skip") != _payload(stages[index[fork]][1], "i"):
+                raise ValueError("stage {!r}'s skip layout must be stage {!r}'s input layout"
+                                 .format(join, fork))
+            if not isinstance(depth, int) or depth < 1:
+                raise ValueError("skip depth must be a positive integer, not {!r}".format(depth))
+            out.append((fork, join, depth))
+        return out
 
     @property
     def config(self):
@@ -155,10 +249,11 @@ class Pipeline(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         stages = self._stages
+        joins = {j for _, j, _ in self._skips}
         for n, s in stages:
             m.submodules[n] = s
             for p in s.signature.members:
-                if p not in _RESERVED:
+                if p not in _RESERVED and not (p == "skip" and n in joins):
                     connect(m, wiring.flipped(getattr(getattr(self, n), p)), getattr(s, p))
 
         # Activation chain, with a sequence gate before the first stage that holds sequences.
@@ -170,13 +265,22 @@ class Pipeline(wiring.Component):
             connect(m, gated.credit, gate.credit)
             connect(m, head, gate.i)
             head = gate.o
-        connect(m, head, stages[0][1].i)
-        for (_, s0), (_, s1) in zip(stages, stages[1:]):
-            connect(m, s0.o, s1.i)
+        feeds = [head] + [s0.o for _, s0 in stages[:-1]]
+        for (n, s), feed in zip(stages, feeds):
+            for f, j, depth in self._skips:
+                if f == n:
+                    feed = self._fork(m, feed, dict(stages)[j], j, depth)
+            connect(m, feed, s.i)
         connect(m, stages[-1][1].o, wiring.flipped(self.o))
 
-        # PE clients share one array.
-        clients = [s.pe for _, s in stages if "pe" in s.signature.members]
+        # PE clients share one array; see the module docstring for ResultReserve.
+        clients = [(n, s.pe) for n, s in stages if "pe" in s.signature.members]
+        if len(clients) > 1:
+            for k, (n, pe) in enumerate(clients):
+                m.submodules[n + "_reserve"] = rr = ResultReserve(self._config)
+                connect(m, pe, rr.client)
+                clients[k] = (n, rr.array)
+        clients = [pe for _, pe in clients]
         if clients:
             m.submodules.pe = pe = PEArray(self._config)
             if len(clients) == 1:
@@ -189,6 +293,23 @@ class Pipeline(wiring.Component):
             connect(m, array.req, pe.i)
             connect(m, pe.o, array.res)
 
+        return self._windows(m)
+
+    def _fork(self, m, feed, join_stage, join, depth):
+        """A :class:`Tee` on ``feed`` whose copy fills the skip FIFO of ``join``; returns the
+        stream that goes on."""
+        layout = join_stage.signature.members["skip"].signature.members["payload"].shape
+        tee = m.submodules[join + "_tee"] = Tee(layout)
+        q = m.submodules[join + "_skip"] = fifo.SyncFIFOBuffered(
+            width=data.Layout.cast(layout).size, depth=depth)
+        connect(m, feed, tee.i)
+        m.d.comb += [q.w_data.eq(tee.copy.payload), q.w_en.eq(tee.copy.valid),
+                     tee.copy.ready.eq(q.w_rdy),
+                     join_stage.skip.valid.eq(q.r_rdy), join_stage.skip.payload.eq(q.r_data),
+                     q.r_en.eq(join_stage.skip.ready)]
+        return tee.o
+
+    def _windows(self, m):
         # Register windows: the high address bits pick the stage; reads show one cycle later.
         wb = self.window_bits
         sel = self.csr.addr[wb:]

@@ -40,6 +40,11 @@ END = "<!-- regdoc:end -->"
 DECLARATIONS = (
     ("hw.linear_engine.REGISTERS", "hw.linear_engine", "REGISTERS"),
     ("hw.attention_engine.REGISTERS", "hw.attention_engine", "REGISTERS"),
+    ("hw.layernorm.REGISTERS", "hw.layernorm", "REGISTERS"),
+    ("hw.to_tokens.REGISTERS", "hw.to_tokens", "REGISTERS"),
+    ("hw.transpose.REGISTERS", "hw.transpose", "REGISTERS"),
+    ("hw.gelu.REGISTERS", "hw.gelu", "REGISTERS"),
+    ("hw.residual.REGISTERS", "hw.residual", "REGISTERS"),
     ("hw.pipeline.PassThrough.registers", "hw.pipeline", "PassThrough.registers"),
 )
 

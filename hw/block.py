@@ -1,0 +1,96 @@
+"""One VidT transformer block on one PE array.
+
+::
+
+    x (RESID) -+-> ln1 -> qkv_in -> qkv -> attention -> transpose -> proj_in -> proj -> res1 -+->
+               `------------------------ skip (sequences) ------------------------------'     |
+       ,--------------------------------------------------------------------------------------'
+       `-+-> ln2 -> fc1_in -> fc1 -> gelu -> fc2_in -> fc2 -> res2 -> o (RESID)
+         `------------------- skip (tokens) -------------'
+
+The golden model's block (:class:`golden.intvidt.IntBlock`, :func:`golden.vidt.block_dataflow`)
+stage for stage: LayerNorm (:class:`hw.layernorm.LayerNorm`), the four token-wise layers as
+delta projections (:class:`hw.linear_engine.LinearEngine`, each with its own references per
+spatial position), sub-vector sparse attention (:class:`hw.attention_engine.AttentionEngine`,
+masks on ``attention.masks``), the transposing buffer that turns attention's dim-major output
+into tokens (:class:`hw.transpose.Transpose`), GELU (:class:`hw.gelu.GELU`) and the two residual
+adds (:class:`hw.residual.ResidualAdd`, fed by the pipeline's skip paths). ``*_in`` stages
+(:class:`hw.to_tokens.ToTokens`) pack activation beats into the projections' token beats and
+number the positions.
+
+Every matrix product is a vector-scalar product on the one :class:`hw.pe_array.PEArray`: the
+four projections and attention are its five clients (:class:`hw.pe_arbiter.PEArbiter`, each
+behind a :class:`hw.pipeline.ResultReserve`). The element-wise stages run beside the array.
+
+Skip paths: ``res1`` needs a sequence's inputs until attention has seen the whole sequence,
+so its FIFO holds ``attention_skip`` sequences of ``max_tokens`` tokens (at least one, or the
+block deadlocks: the tokens that complete a sequence could not enter); ``res2`` needs only the
+tokens inside the MLP, ``mlp_skip`` of them.
+
+Program: the projections in wide mode for ``proj`` and ``fc2`` (RESID outputs); every stage's
+``tokens`` the run's token count (attention and transpose: ``tokens`` per sequence and
+``sequences``); ``*_in.positions`` the spatial positions per frame. Tokens enter frame-major,
+sequence after sequence.
+"""
+
+from hw.attention_engine import AttentionEngine
+from hw.gelu import GELU
+from hw.layernorm import LayerNorm
+from hw.linear_engine import LinearEngine
+from hw.pipeline import Pipeline
+from hw.residual import ResidualAdd
+from hw.to_tokens import ToTokens
+from hw.transpose import Transpose
+
+__all__ = ["Block", "BLOCK_STAGES", "PROJECTIONS"]
+
+#: The four projections, in block order (each is stage ``name`` behind stage ``name_in``).
+PROJECTIONS = ("qkv", "proj", "fc1", "fc2")
+
+
+def _stages(config):
+    return [
+        ("ln1", LayerNorm(config)),
+        ("qkv_in", ToTokens(config)), ("qkv", LinearEngine(config)),
+        ("attention", AttentionEngine(config)), ("transpose", Transpose(config)),
+        ("proj_in", ToTokens(config)), ("proj", LinearEngine(config)),
+        ("res1", ResidualAdd(config)),
+        ("ln2", LayerNorm(config)),
+        ("fc1_in", ToTokens(config)), ("fc1", LinearEngine(config)),
+        ("gelu", GELU(config)),
+        ("fc2_in", ToTokens(config)), ("fc2", LinearEngine(config)),
+        ("res2", ResidualAdd(config)),
+    ]
+
+
+#: Stage names in order.
+BLOCK_STAGES = ("ln1", "qkv_in", "qkv", "attention", "transpose", "proj_in", "proj", "res1",
+                "ln2", "fc1_in", "fc1", "gelu", "fc2_in", "fc2", "res2")
+
+
+class Block(Pipeline):
+    """A whole transformer block on one PE array (see the module docstring).
+
+    Parameters
+    ----------
+    config : :class:`hw.config.RTSAConfig`
+    attention_skip : int
+        Sequences the attention residual's skip FIFO holds (>= 1).
+    mlp_skip : int
+        Tokens the MLP residual's skip FIFO holds (>= 1).
+
+    Ports: ``i`` and ``o`` (RESID tokens, :func:`hw.linear_engine.activation_layout`), the
+    stages' loading ports (``ln1.p_load``, ``qkv.w_load``, ``qkv.c_load``, ...,
+    ``gelu.t_load``), ``attention.masks``, ``csr``.
+    """
+
+    def __init__(self, config, *, attention_skip=2, mlp_skip=8):
+        for what, n in (("attention_skip", attention_skip), ("mlp_skip", mlp_skip)):
+            if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+                raise ValueError("{} must be a positive integer, not {!r}".format(what, n))
+        beats = config.max_d // config.lanes           # beats of one token
+        stages = _stages(config)
+        assert tuple(n for n, _ in stages) == BLOCK_STAGES
+        super().__init__(config, stages, skips=[
+            ("ln1", "res1", attention_skip * config.max_tokens * beats),
+            ("ln2", "res2", mlp_skip * beats)])

@@ -1,0 +1,188 @@
+"""One run of a whole block (:class:`hw.block.Block`) with its golden expectation.
+
+The expectation is built stage by stage from the golden model's pieces (LayerNorm, the delta
+projection jobs of :mod:`sim.linear_job`, the attention job of :mod:`sim.attention_job`,
+GELU, saturating residual adds), so every stage's own output and counters are known; for a
+single sequence of a clip it is also checked against :meth:`golden.intvidt.IntBlock.forward`
+under :class:`golden.sparse.SparseExecution` with the same delta threshold and sub-vector
+policy: the block as the golden model runs it, bit for bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from golden import contract, qtorch
+from golden.intvidt import Tokens
+from golden.sparse import SparseExecution
+from golden.subvector import SubvectorAttention
+from hw.block import PROJECTIONS
+from hw.layernorm import ln_param_words
+from sim.attention_job import Sequence, attention_job
+from sim.driver import Plan
+from sim.linear_job import job_from_layer
+
+__all__ = ["BlockJob", "block_job", "activation_beats"]
+
+
+def activation_beats(config, x):
+    """Activation beats of tokens ``x`` ``[N, d]``: ``lanes`` channels per beat."""
+    V = config.lanes
+    return [{"data": [int(v) for v in x[t, s:s + V]], "last": s + V == x.shape[1]}
+            for t in range(x.shape[0]) for s in range(0, x.shape[1], V)]
+
+
+@dataclass
+class BlockJob:
+    """A block run: the plan's pieces and every stage's expectation.
+
+    Attributes
+    ----------
+    setup : list
+        Plan setup steps (register writes and loads of every stage, then the starts).
+    inputs : list of (port, beats)
+    expected : list of dict
+        ``o`` beats (the block's RESID output).
+    stages : dict
+        Stage name -> expected counters.
+    linear, attention : the projection jobs (by name) and the attention job.
+    out : torch.Tensor
+        The expected output ``[N, d]``.
+    """
+    name: str
+    config: object
+    setup: list
+    inputs: list
+    expected: list
+    stages: dict
+    linear: dict
+    attention: object
+    out: torch.Tensor
+    trace: dict = field(default_factory=dict)
+
+    @property
+    def ideal_cycles(self):
+        """Performed MACs of the block (four projections, attention) over the array's MACs
+        per cycle."""
+        return (sum(j.ideal_cycles for j in self.linear.values())
+                + self.attention.ideal_cycles)
+
+    def plan(self, *, timeout=None):
+        if timeout is None:
+            timeout = int(3 * self.ideal_cycles) + 50_000
+        return Plan(name=self.name, setup=self.setup, inputs=self.inputs,
+                    outputs=[("o", self.expected)], counters=self.stages,
+                    done=list(self.stages), timeout=timeout)
+
+
+def _ln_setup(config, stage, ln, tokens):
+    return [("pulse", stage, ("reset_load", "clear_error")),
+            ("load", stage + ".p_load", ln_param_words(config, ln.gamma.tolist(),
+                                                      ln.beta.tolist())),
+            ("write", stage, "d", len(ln.gamma)), ("write", stage, "tokens", tokens),
+            ("write", stage, "mult", ln.mult), ("write", stage, "shift", ln.shift)]
+
+
+def block_job(config, blk, xs, n_s, *, tau, rho, name="block"):
+    """A job for the integer block ``blk`` (:class:`golden.intvidt.IntBlock`) on sequences
+    ``xs`` (each ``[N, d]`` RESID, frame-major tokens of ``n_s`` positions per frame; ``N`` a
+    multiple of ``n_s`` when there are several), delta threshold ``tau`` on all four
+    projections and sub-vector keep ratio ``rho`` (1: dense attention)."""
+    n = xs[0].shape[0]
+    if any(x.shape[0] != n for x in xs) or (len(xs) > 1 and n % n_s):
+        raise ValueError("Sequences of one job need one length, a multiple of n_s when several")
+    x = torch.cat(xs).to(torch.int64)
+    total = x.shape[0]
+    frames_per_seq = -(-n // n_s)
+    tok = torch.arange(n)
+    frame = torch.cat([s * frames_per_seq + tok // n_s for s in range(len(xs))])
+    spatial = (tok % n_s).repeat(len(xs))
+    jobs = {}
+
+    def linear(layer_name, inp):
+        job = job_from_layer(config, getattr(blk, layer_name), inp, frame, spatial, n_s,
+                             tau=tau, name="{}/{}".format(name, layer_name))
+        jobs[layer_name] = job
+        return job.outputs
+
+    a = blk.norm1(x)
+    qkv = linear("qkv", a)
+    heads = blk.heads
+    hd = qkv.shape[1] // (3 * heads)
+    seqs, o_tokens = [], []
+    for s in range(len(xs)):
+        q, k, v = qkv[s * n:(s + 1) * n].reshape(n, 3, heads, hd).permute(1, 2, 0, 3)
+        keep = None
+        if rho < 1:
+            keep = SubvectorAttention(config.lanes, rho).keep(0, q[None], k[None])[0][0]
+        seqs.append(Sequence(q, k, v, keep))
+    att = attention_job(config, seqs, softmax_mult=blk.softmax_mult,
+                        softmax_shift=blk.softmax_shift, attn_mult=blk.attn_mult,
+                        attn_shift=blk.attn_shift, name=name + "/attention")
+    o = _attention_tokens(att, seqs, blk)
+    x1 = qtorch.saturate(x + linear("proj", o), contract.RESID)
+    h = linear("fc1", blk.norm2(x1))
+    x2 = qtorch.saturate(x1 + linear("fc2", qtorch.gelu(h, blk.gelu)), contract.RESID)
+    if len(xs) == 1:
+        _check_against_intblock(blk, x, x2, n_s, tau, rho, config.lanes)
+
+    setup = _ln_setup(config, "ln1", blk.norm1, total) + _ln_setup(config, "ln2", blk.norm2,
+                                                                   total)
+    for p in PROJECTIONS:
+        setup += jobs[p].setup(p) + [("write", p + "_in", "positions", n_s),
+                                     ("write", p + "_in", "tokens", total)]
+    setup += [("write", "attention", r, v) for r, v in att.registers]
+    setup += [("write", "transpose", "tokens", n), ("write", "transpose", "heads", heads),
+              ("write", "transpose", "sequences", len(xs))]
+    setup += [("pulse", "gelu", ("reset_load",)),
+              ("load", "gelu.t_load", [{"data": v} for v in blk.gelu]),
+              ("write", "gelu", "tokens", total)]
+    setup += [("write", r, "tokens", total) for r in ("res1", "res2")]
+    stages = _expected_counters(jobs, att, total)
+    setup += [("start", s, True) for s in stages]
+    return BlockJob(name=name, config=config, setup=setup,
+                    inputs=[("i", activation_beats(config, x)), ("attention.masks", att.masks)],
+                    expected=activation_beats(config, x2), stages=stages, linear=jobs,
+                    attention=att, out=x2)
+
+
+def _attention_tokens(att, seqs, blk):
+    """Attention outputs as tokens ``[N_total, heads * hd]`` (channel ``head * hd + dim``)."""
+    from golden.intvidt import attention_core
+    outs = []
+    for seq in seqs:
+        h, n, _ = seq.q.shape
+        keep = torch.ones(h, n, n, dtype=torch.bool) if seq.keep is None else seq.keep
+        *_, out = attention_core(seq.q, seq.k, seq.v, keep, blk.softmax_mult, blk.softmax_shift,
+                                 blk.attn_mult, blk.attn_shift)
+        outs.append(out.permute(1, 0, 2).reshape(n, -1))
+    return torch.cat(outs)
+
+
+def _expected_counters(jobs, att, total):
+    stages = {"ln1": {"tokens_out": total}, "ln2": {"tokens_out": total}}
+    for p in PROJECTIONS:
+        stages[p + "_in"] = {"tokens_out": total}
+        stages[p] = {k: v for k, v in jobs[p].counters().items() if k != "pairs"}
+    stages["attention"] = att.counters()
+    stages["transpose"] = {"tokens_out": total}
+    for s in ("gelu", "res1", "res2"):
+        stages[s] = {"tokens_out": total}
+    # Every stage's cycles are read too (each counts from its START to its DONE).
+    return {s: {"cycles": None, **c} for s, c in stages.items()}
+
+
+def _check_against_intblock(blk, x, want, n_s, tau, rho, lanes):
+    """The stage-by-stage expectation is the golden block's own output."""
+    n = x.shape[0]
+    run = SparseExecution(n_s, tau=tau,
+                          attention=SubvectorAttention(lanes, rho) if rho < 1 else None)
+    tokens = Tokens.full(1, -(-n // n_s), n_s)
+    if n % n_s:
+        tokens = Tokens(tokens.frame[:, :n], tokens.spatial[:, :n])
+    got, _ = blk.forward(x[None], run, 0, tokens)
+    if not torch.equal(got[0], want):
+        raise AssertionError("Stage-by-stage block expectation differs from IntBlock.forward "
+                             "in {} values".format(int((got[0] != want).sum())))

@@ -1,0 +1,120 @@
+"""A whole VidT block on one PE array under Amaranth's simulator, bit-exact with the integer
+golden model (:meth:`golden.intvidt.IntBlock.forward` under a sparse execution), and the
+pieces that join its stages (skip paths, result reservation, the token adapter)."""
+
+import random
+
+import pytest
+import torch
+
+from golden import contract
+from golden.intvidt import quantize_vidt
+from golden.vidt import VidT, VidTConfig
+from hw.block import BLOCK_STAGES, Block
+from hw.delta_encoder import token_layout
+from hw.pipeline import Pipeline
+from hw.to_tokens import ToTokens
+from sim.block_job import block_job
+from sim.driver import Plan, run_amaranth
+from tests.test_attention_engine import SMALL
+
+SEED = 9091
+#: A block-shaped model small enough for the simulator: d = 16 (2 heads of 8), MLP 64,
+#: 4 positions per frame, 3 frames -> 12 tokens (3 query blocks of 4).
+MODEL = VidTConfig(frames=6, height=16, width=16, tubelet=2, patch=8, dim=16, heads=2,
+                   depth=1, mlp_ratio=4, num_classes=4)
+
+
+@pytest.fixture(scope="module")
+def small_block():
+    """A seeded untrained model, quantised on random clips, and the RESID tokens of further
+    clips: ``(IntBlock, [x ...])``."""
+    torch.manual_seed(SEED)
+    model = VidT(MODEL).eval()
+    g = torch.Generator().manual_seed(SEED)
+    videos = torch.randint(0, 256, (7, 1, MODEL.frames, MODEL.height, MODEL.width),
+                           generator=g, dtype=torch.uint8)
+    q = quantize_vidt(model, videos[:4])
+    return q.blocks[0], [q.tokens(videos[k:k + 1])[0] for k in range(4, 7)]
+
+
+def test_block_is_bit_exact_with_the_golden_block(small_block):
+    """One clip through LN1 ... res2 with delta projections (tau = 2) and sub-vector attention
+    (rho = 0.5), random stalls; block_job checks its expectation against IntBlock.forward."""
+    blk, xs = small_block
+    job = block_job(SMALL, blk, xs[:1], MODEL.n_s, tau=2, rho=0.5)
+    res = run_amaranth(Block(SMALL), job.plan(), seed=SEED, stall=0.2)
+    # The five PE clients shared the one array: their beats fit in the block's cycles.
+    busy = sum(res["counters"][s]["busy"] for s in ("qkv", "attention", "proj", "fc1", "fc2"))
+    assert busy <= res["counters"]["res2"]["cycles"], res["counters"]
+
+
+@pytest.mark.parametrize("attention_skip", [1, 2])
+def test_sequences_back_to_back(small_block, attention_skip):
+    """Two sequences (frames numbered on, so the second is a delta against the first) with
+    dense attention: a skip FIFO of one sequence is enough not to deadlock."""
+    blk, xs = small_block
+    job = block_job(SMALL, blk, xs[1:3], MODEL.n_s, tau=3, rho=1.0)
+    run_amaranth(Block(SMALL, attention_skip=attention_skip), job.plan(), seed=SEED + 1,
+                 stall=0.1)
+
+
+def test_block_arguments_are_checked():
+    with pytest.raises(ValueError, match="attention_skip must be a positive integer"):
+        Block(SMALL, attention_skip=0)
+    assert len(Block(SMALL).windows) == len(BLOCK_STAGES)
+
+
+# --- The token adapter ----------------------------------------------------------------------
+
+def _adapter_plan(beats, want, *, positions, tokens, done=True):
+    return Plan("to_tokens", setup=[("write", "t", "positions", positions),
+                                    ("write", "t", "tokens", tokens), ("start", "t", True)],
+                inputs=[("i", beats)], outputs=[("o", want)],
+                counters={"t": {"tokens_out": tokens}}, done=["t"] if done else [],
+                timeout=2_000)
+
+
+def test_adapter_gathers_beats_and_numbers_positions():
+    rng = random.Random(SEED)
+    V, E = SMALL.lanes, SMALL.bitmap_word
+    d, n_s, n = 16, 3, 7
+    rows = [[rng.randint(contract.ACT.min, contract.ACT.max) for _ in range(d)]
+            for _ in range(n)]
+    beats = [{"data": r[s:s + V], "last": s + V == d} for r in rows for s in range(0, d, V)]
+    want = [{"data": r[s:s + E], "position": t % n_s, "last": int(s + E == d)}
+            for t, r in enumerate(rows) for s in range(0, d, E)]
+    top = Pipeline(SMALL, [("t", ToTokens(SMALL))])
+    assert top.signature.members["o"].signature.members["payload"].shape == token_layout(SMALL)
+    for stall in (0.0, 0.4):
+        run_amaranth(top, _adapter_plan(beats, want, positions=n_s, tokens=n), seed=SEED,
+                     stall=stall)
+
+
+def test_adapter_flags_range_and_frame_errors_then_runs_clean():
+    V = SMALL.lanes
+    beats = [{"data": [300, -300, 5, -5], "last": 0}, {"data": [1, 2, 3, 4], "last": 1},
+             {"data": [9, 9, 9, 9], "last": 1}]                 # last after half a token beat
+    want = [{"data": [127, -128, 5, -5, 1, 2, 3, 4], "position": 0, "last": 1},
+            {"data": [9, 9, 9, 9, 0, 0, 0, 0], "position": 1, "last": 1}]
+    top = Pipeline(SMALL, [("t", ToTokens(SMALL))])
+    res = run_amaranth(top, _adapter_plan(beats, want, positions=4, tokens=2, done=False),
+                       seed=SEED)
+    regs = ToTokens.registers
+    st = regs.status(res["status"]["t"])
+    assert st.done and st.errors.range and st.errors.frame, regs.describe(st.as_value())
+    clean = [{"data": [1] * V, "last": 0}, {"data": [2] * V, "last": 1}]
+    plan = _adapter_plan(clean, [{"data": [1] * V + [2] * V, "position": 0, "last": 1}],
+                         positions=4, tokens=1)
+    plan.setup = [("pulse", "t", ("clear_error",))] + plan.setup
+    run_amaranth(top, plan, seed=SEED)
+
+
+@pytest.mark.parametrize("positions,tokens", [(0, 1), (SMALL.max_positions + 1, 1), (4, 0)])
+def test_adapter_refuses_bad_settings(positions, tokens):
+    top = Pipeline(SMALL, [("t", ToTokens(SMALL))])
+    p = Plan("bad", setup=[("write", "t", "positions", positions),
+                           ("write", "t", "tokens", tokens), ("start", "t", False),
+                           ("status", "t", "after")])
+    res = run_amaranth(top, p, seed=SEED)
+    assert ToTokens.registers.status(res["seen"]["after"]).errors.config
