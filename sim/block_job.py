@@ -66,8 +66,19 @@ class BlockJob:
     def ideal_cycles(self):
         """Performed MACs of the block (four projections, attention) over the array's MACs
         per cycle."""
-        return (sum(j.ideal_cycles for j in self.linear.values())
-                + self.attention.ideal_cycles)
+        return sum(self.stage_ideal_cycles().values())
+
+    @property
+    def load_beats(self):
+        """Beats of every loading stream (weights, channel constants, LayerNorm parameters,
+        GELU table) the setup sends: one a cycle on the hardware."""
+        return sum(len(step[2]) for step in self.setup if step[0] == "load")
+
+    def stage_ideal_cycles(self):
+        """Ideal cycles of every PE client: its performed MACs over the array's MACs per
+        cycle."""
+        return {**{p: j.ideal_cycles for p, j in self.linear.items()},
+                "attention": self.attention.ideal_cycles}
 
     def plan(self, *, timeout=None):
         if timeout is None:
@@ -85,11 +96,12 @@ def _ln_setup(config, stage, ln, tokens):
             ("write", stage, "mult", ln.mult), ("write", stage, "shift", ln.shift)]
 
 
-def block_job(config, blk, xs, n_s, *, tau, rho, name="block"):
+def block_job(config, blk, xs, n_s, *, tau, rho, delta_enable=True, name="block"):
     """A job for the integer block ``blk`` (:class:`golden.intvidt.IntBlock`) on sequences
     ``xs`` (each ``[N, d]`` RESID, frame-major tokens of ``n_s`` positions per frame; ``N`` a
     multiple of ``n_s`` when there are several), delta threshold ``tau`` on all four
-    projections and sub-vector keep ratio ``rho`` (1: dense attention)."""
+    projections and sub-vector keep ratio ``rho`` (1: dense attention);
+    ``delta_enable=False`` runs the projections as the dense baseline."""
     n = xs[0].shape[0]
     if any(x.shape[0] != n for x in xs) or (len(xs) > 1 and n % n_s):
         raise ValueError("Sequences of one job need one length, a multiple of n_s when several")
@@ -103,7 +115,8 @@ def block_job(config, blk, xs, n_s, *, tau, rho, name="block"):
 
     def linear(layer_name, inp):
         job = job_from_layer(config, getattr(blk, layer_name), inp, frame, spatial, n_s,
-                             tau=tau, name="{}/{}".format(name, layer_name))
+                             tau=tau, delta_enable=delta_enable,
+                             name="{}/{}".format(name, layer_name))
         jobs[layer_name] = job
         return job.outputs
 
@@ -126,7 +139,8 @@ def block_job(config, blk, xs, n_s, *, tau, rho, name="block"):
     h = linear("fc1", blk.norm2(x1))
     x2 = qtorch.saturate(x1 + linear("fc2", qtorch.gelu(h, blk.gelu)), contract.RESID)
     if len(xs) == 1:
-        _check_against_intblock(blk, x, x2, n_s, tau, rho, config.lanes)
+        _check_against_intblock(blk, x, x2, n_s, tau if delta_enable else None, rho,
+                                config.lanes)
 
     setup = _ln_setup(config, "ln1", blk.norm1, total) + _ln_setup(config, "ln2", blk.norm2,
                                                                    total)
