@@ -2,8 +2,8 @@
 
 ::
 
-    x (RESID) -+-> ln1 -> qkv_in -> qkv -> attention -> transpose -> proj_in -> proj -> res1 -+->
-               `------------------------ skip (sequences) ------------------------------'     |
+    x (RESID) -> frame -+-> ln1 -> qkv_in -> qkv -> attention -> transpose -> proj_in -> proj -> res1 -+->
+                        `------------------------ skip (sequences) ---------------------'     |
        ,--------------------------------------------------------------------------------------'
        `-+-> ln2 -> fc1_in -> fc1 -> gelu -> fc2_in -> fc2 -> res2 -> o (RESID)
          `------------------- skip (tokens) -------------'
@@ -14,7 +14,9 @@ delta projections (:class:`hw.linear_engine.LinearEngine`, each with its own ref
 spatial position), sub-vector sparse attention (:class:`hw.attention_engine.AttentionEngine`,
 masks on ``attention.masks``), the transposing buffer that turns attention's dim-major output
 into tokens (:class:`hw.transpose.Transpose`), GELU (:class:`hw.gelu.GELU`) and the two residual
-adds (:class:`hw.residual.ResidualAdd`, fed by the pipeline's skip paths). ``*_in`` stages
+adds (:class:`hw.residual.ResidualAdd`, fed by the pipeline's skip paths, behind a
+:class:`hw.framer.Framer` that makes every input token ``d / lanes`` beats long, so that a
+malformed token cannot leave the two sides of a residual a beat apart). ``*_in`` stages
 (:class:`hw.to_tokens.ToTokens`) pack activation beats into the projections' token beats and
 number the positions.
 
@@ -34,6 +36,7 @@ sequence after sequence.
 """
 
 from hw.attention_engine import AttentionEngine
+from hw.framer import Framer
 from hw.gelu import GELU
 from hw.layernorm import LayerNorm
 from hw.linear_engine import LinearEngine
@@ -50,6 +53,7 @@ PROJECTIONS = ("qkv", "proj", "fc1", "fc2")
 
 def _stages(config):
     return [
+        ("frame", Framer(config)),
         ("ln1", LayerNorm(config)),
         ("qkv_in", ToTokens(config)), ("qkv", LinearEngine(config)),
         ("attention", AttentionEngine(config)), ("transpose", Transpose(config)),
@@ -64,7 +68,7 @@ def _stages(config):
 
 
 #: Stage names in order.
-BLOCK_STAGES = ("ln1", "qkv_in", "qkv", "attention", "transpose", "proj_in", "proj", "res1",
+BLOCK_STAGES = ("frame", "ln1", "qkv_in", "qkv", "attention", "transpose", "proj_in", "proj", "res1",
                 "ln2", "fc1_in", "fc1", "gelu", "fc2_in", "fc2", "res2")
 
 

@@ -142,8 +142,10 @@ def block_job(config, blk, xs, n_s, *, tau, rho, delta_enable=True, name="block"
         _check_against_intblock(blk, x, x2, n_s, tau if delta_enable else None, rho,
                                 config.lanes)
 
-    setup = _ln_setup(config, "ln1", blk.norm1, total) + _ln_setup(config, "ln2", blk.norm2,
-                                                                   total)
+    setup = [("pulse", "frame", ("clear_error",)), ("write", "frame", "d", x.shape[1]),
+             ("write", "frame", "tokens", total)]
+    setup += _ln_setup(config, "ln1", blk.norm1, total) + _ln_setup(config, "ln2", blk.norm2,
+                                                                    total)
     for p in PROJECTIONS:
         setup += jobs[p].setup(p) + [("write", p + "_in", "positions", n_s),
                                      ("write", p + "_in", "tokens", total)]
@@ -176,7 +178,7 @@ def _attention_tokens(att, seqs, blk):
 
 
 def _expected_counters(jobs, att, total):
-    stages = {"ln1": {"tokens_out": total}, "ln2": {"tokens_out": total}}
+    stages = {s: {"tokens_out": total} for s in ("frame", "ln1", "ln2")}
     for p in PROJECTIONS:
         stages[p + "_in"] = {"tokens_out": total}
         stages[p] = {k: v for k, v in jobs[p].counters().items() if k != "pairs"}

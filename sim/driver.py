@@ -30,8 +30,8 @@ import os
 from sim.amaranth_streams import StreamStalls, csr_read, csr_write, get_until, put_all
 from sim.scoreboard import check_equal
 
-__all__ = ["Plan", "JobDriver", "AmaranthBackend", "run_amaranth", "port_layout",
-           "settings_from_env"]
+__all__ = ["Plan", "JobDriver", "AmaranthBackend", "run_amaranth", "run_amaranth_plans",
+           "port_layout", "settings_from_env"]
 
 
 def settings_from_env(environ=None):
@@ -142,9 +142,12 @@ class JobDriver:
         return [source(k, p, b) for k, (p, b) in enumerate(self.plan.inputs)]
 
     def sinks(self):
-        """Coroutine functions ``f(be)`` receiving the plan's outputs."""
+        """Coroutine functions ``f(be)`` receiving the plan's outputs once the setup is
+        done."""
         def sink(k, port, expected):
             async def run(be):
+                while not self.go:
+                    await be.tick()
                 self.result["outputs"][port] = await be.receive(
                     port, len(expected), self._stalls(len(self.plan.inputs) + k),
                     self.plan.timeout)
@@ -206,15 +209,25 @@ def run_amaranth(top, plan, *, seed, stall=0.3, check=True, deadline=None, max_w
     """Run ``plan`` on a fresh simulation of ``top``; the driver's result (checked with
     :meth:`Plan.check` unless ``check`` is false). Each stall lasts up to ``max_wait``
     cycles."""
+    return run_amaranth_plans(top, [plan], seed=seed, stall=stall, check=[check],
+                              deadline=deadline, max_wait=max_wait)[0]
+
+
+def run_amaranth_plans(top, plans, *, seed, stall=0.3, check=None, deadline=None, max_wait=3):
+    """Run ``plans`` one after the other on one simulation of ``top`` (a bad job, then the
+    good job that must still be exact); their results, each checked unless ``check[k]`` is
+    false. Plan ``k``'s stalls use seed ``seed + 1000 * k``."""
     from amaranth.sim import Simulator
     sim = Simulator(top)
     sim.add_clock(1e-8)
-    drv = JobDriver(top, plan, seed=seed, stall=stall, max_wait=max_wait)
+    drivers = [JobDriver(top, p, seed=seed + 1000 * k, stall=stall, max_wait=max_wait)
+               for k, p in enumerate(plans)]
 
     async def control(ctx):
         be = AmaranthBackend(ctx, top)
-        await drv.setup(be)
-        await drv.finish(be)
+        for drv in drivers:
+            await drv.setup(be)
+            await drv.finish(be)
 
     def process(fn):
         async def run(ctx):
@@ -222,12 +235,15 @@ def run_amaranth(top, plan, *, seed, stall=0.3, check=True, deadline=None, max_w
         return run
 
     sim.add_testbench(control)
-    for fn in drv.sources() + drv.sinks():
-        sim.add_testbench(process(fn))
+    for drv in drivers:
+        for fn in drv.sources() + drv.sinks():
+            sim.add_testbench(process(fn))
     if deadline is None:
         sim.run()
     else:
         sim.run_until(deadline)
-    if check:
-        plan.check(top, drv.result, seed)
-    return drv.result
+    check = [True] * len(plans) if check is None else check
+    for k, (plan, drv) in enumerate(zip(plans, drivers)):
+        if check[k]:
+            plan.check(top, drv.result, seed + 1000 * k)
+    return [drv.result for drv in drivers]

@@ -15,7 +15,7 @@ from hw.delta_encoder import token_layout
 from hw.pipeline import Pipeline
 from hw.to_tokens import ToTokens
 from sim.block_job import block_job
-from sim.driver import Plan, run_amaranth
+from sim.driver import Plan, run_amaranth, run_amaranth_plans
 from tests.test_attention_engine import SMALL
 
 SEED = 9091
@@ -57,6 +57,27 @@ def test_sequences_back_to_back(small_block, attention_skip):
     job = block_job(SMALL, blk, xs[1:3], MODEL.n_s, tau=3, rho=1.0)
     run_amaranth(Block(SMALL, attention_skip=attention_skip), job.plan(), seed=SEED + 1,
                  stall=0.1)
+
+
+def test_a_malformed_token_is_flagged_and_the_next_run_is_exact(small_block):
+    """A token whose last beat comes one beat early: the framer flags ``token`` and pads it
+    (the residual's skip path stays aligned), every stage finishes; then, on the same
+    hardware, a good run is bit-exact."""
+    blk, xs = small_block
+    bad = block_job(SMALL, blk, xs[:1], MODEL.n_s, tau=2, rho=0.5)
+    beats = [dict(b) for b in bad.inputs[0][1]]
+    beats[2]["last"] = True                         # token 0 ends after 3 of its 4 beats
+    del beats[3]
+    plan = bad.plan()
+    plan.inputs = [("i", beats), plan.inputs[1]]
+    plan.done = []
+    good = block_job(SMALL, blk, xs[1:2], MODEL.n_s, tau=2, rho=0.5)
+    res, _ = run_amaranth_plans(Block(SMALL), [plan, good.plan()], seed=SEED + 2, stall=0.1,
+                                check=[False, True])
+    regs = Block(SMALL).windows["frame"][1]
+    st = regs.status(res["status"]["frame"])
+    assert st.done and st.errors.token, regs.describe(st.as_value())
+    assert len(res["outputs"]["o"]) == len(bad.expected)
 
 
 def test_block_arguments_are_checked():
@@ -118,3 +139,32 @@ def test_adapter_refuses_bad_settings(positions, tokens):
                            ("status", "t", "after")])
     res = run_amaranth(top, p, seed=SEED)
     assert ToTokens.registers.status(res["seen"]["after"]).errors.config
+
+
+# --- The framer -----------------------------------------------------------------------------
+
+def test_framer_pads_short_and_cuts_long_tokens_then_runs_clean():
+    from hw.framer import Framer
+    V = SMALL.lanes
+    top = Pipeline(SMALL, [("f", Framer(SMALL))])
+    a, b, c = ([k] * V for k in (1, 2, 3))
+    short = [{"data": a, "last": 1}]                                  # 1 of 3 beats
+    long_ = [{"data": a, "last": 0}, {"data": b, "last": 0}, {"data": c, "last": 0},
+             {"data": [9] * V, "last": 0}, {"data": [9] * V, "last": 1}]   # 5 beats
+    good = [{"data": c, "last": 0}, {"data": b, "last": 0}, {"data": a, "last": 1}]
+    zero = [0] * V
+    want_bad = [{"data": a, "last": 0}, {"data": zero, "last": 0}, {"data": zero, "last": 1},
+                {"data": a, "last": 0}, {"data": b, "last": 0}, {"data": c, "last": 1}]
+
+    def plan(beats, want, tokens):
+        return Plan("framer", setup=[("pulse", "f", ("clear_error",)),
+                                     ("write", "f", "d", 3 * V), ("write", "f", "tokens", tokens),
+                                     ("start", "f", True)],
+                    inputs=[("i", beats)], outputs=[("o", want)],
+                    counters={"f": {"tokens_out": tokens}}, done=[], timeout=2_000)
+
+    bad, clean = plan(short + long_, want_bad, 2), plan(good, good, 1)
+    clean.done = ["f"]
+    res, _ = run_amaranth_plans(top, [bad, clean], seed=SEED, stall=0.3)
+    st = Framer.registers.status(res["status"]["f"])
+    assert st.done and st.errors.token, Framer.registers.describe(st.as_value())
