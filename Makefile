@@ -10,7 +10,7 @@ PRESET     ?=
 JOBS       ?= 2
 # FAST=1 skips the tests marked slow (they still run in CI).
 FAST       ?=
-# FULL=1 makes `make eval` sweep every technique's parameter.
+# FULL=1 makes `make eval` sweep every technique's parameter and `make bench` add the block bench.
 FULL       ?=
 PYTEST_SEL := $(if $(FAST),-m "not slow",)
 SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -24,7 +24,7 @@ help:
 	@echo "make verilog     generate Verilog of every top for the presets tiny, default, vidt (PRESET=...) into build/verilog/<preset>/"
 	@echo "make test        run unit tests and cocotb co-simulation (Icarus and Verilator); FAST=1 skips slow extras"
 	@echo "make eval        top-1 against ideal computation saving of the benchmark model -> build/eval/ (FULL=1: full sweep)"
-	@echo "make bench       linear and attention engine and run-through cycles on the benchmark model (Verilator) -> build/bench/{linear,attention,run_through}.json, {linear,attention}.md"
+	@echo "make bench       linear and attention engine and run-through cycles on the benchmark model (Verilator) -> build/bench/{linear,attention,run_through}.json, {linear,attention}.md; FULL=1 adds a whole block per stage at 49/196/392 tokens -> build/bench/block.{json,md}"
 	@echo "make vectors     export one clip's integer test vectors for co-simulation -> build/vectors/"
 	@echo "make bitstream   build the self-checking FPGA top (BOARD=ulx3s|icebreaker) into build/<board>/"
 	@echo "make synth       synth_ecp5 every generated top (tiny, vidt; PRESET=...) -> build/synth/report.{json,md} (slow: ~14 min, not in CI)"
@@ -54,6 +54,7 @@ eval: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m sim.bench_linear --out build/bench
 	$(PY) -m sim.bench_attention --out build/bench
+	$(if $(FULL),$(PY) -m sim.bench_block --out build/bench,)
 
 vectors: $(STAMP)
 	$(PY) -m golden.export --clip 0 --block 0 --tau 2 --rho 0.5 --out build/vectors/test0_block0
