@@ -52,7 +52,9 @@ REGISTERS = EngineRegisters(
                 init={"delta_enable": 1},
                 doc="delta_enable (0: dense baseline), wide (int16 outputs)"),
     ],
-    errors=(("token", "a token's length disagreed with d_in (delta encoder)"),
+    errors=(("load", "a START before the weights and channel constants of the programmed "
+                     "shape were loaded (the run does not start; config is set too)"),
+            ("token", "a token's length disagreed with d_in (delta encoder)"),
             ("stream", "bitmap and value counts disagreed (bitmap decoder)"),
             ("overflow", "an accumulator or y = y_ref + acc left its format")),
     counters=(("busy", "cycles the PE array accepted an operand beat"),
@@ -164,9 +166,10 @@ class LinearEngine(Engine):
     csr : ``In(RegisterSignature)``
         Registers :data:`REGISTERS`.
 
-    Errors: ``config`` (a START with a shape out of range: the run does not start and no token
-    is taken), ``token`` (a token's beats disagree with ``d_in``: it is cut or padded, the run
-    goes on), ``stream`` (decoder counts disagree), ``overflow`` (``y`` left the accumulator
+    Errors: ``config`` (a START with a shape out of range, or, with ``load`` too, before the
+    weights and channel constants of the shape were loaded since the last ``reset_load``: the
+    run does not start and no token is taken), ``token`` (a token's beats disagree with
+    ``d_in``: it is cut or padded, the run goes on), ``stream`` (decoder counts disagree), ``overflow`` (``y`` left the accumulator
     format; the value wraps).
 
     Throughput: one (index, value) pair per cycle per output chunk of ``rows x lanes``
@@ -228,10 +231,14 @@ class LinearEngine(Engine):
         m.d.comb += [ns.d_in.eq(st.d_in), ns.d_out.eq(st.d_out),
                      ns.words.eq(ns.d_in >> log2_exact(E)), ns.slices.eq(ns.d_out >> log2_exact(V)),
                      ns.chunks.eq((ns.slices + R - 1) >> log2_exact(R))]
-        m.d.comb += ctl.config_ok.eq(
+        ns.shape_ok = Signal()
+        ns.loaded = Signal()          # driven by _loading
+        m.d.comb += ns.shape_ok.eq(
             (st.d_in != 0) & (st.d_in[:log2_exact(E)] == 0) & (st.d_in <= max_d)
             & (st.d_out != 0) & (st.d_out[:log2_exact(V)] == 0) & (st.d_out <= max_out)
             & (ns.chunks * ns.d_in <= w_depth))
+        m.d.comb += [ctl.config_ok.eq(ns.shape_ok & ns.loaded),
+                     ctl.raise_error.load.eq(ctl.pulse.start & ns.shape_ok & ~ns.loaded)]
         return ns
 
     def _loading(self, m, ns):
@@ -258,7 +265,7 @@ class LinearEngine(Engine):
             m.d.sync += [w_row.eq(0), w_addr.eq(0)]
         with m.Elif(w_take):
             m.d.sync += w_row.eq(Mux(w_row == R - 1, 0, w_row + 1))
-            with m.If(w_row == R - 1):
+            with m.If((w_row == R - 1) & (w_addr < ns.w_depth)):     # saturates: no wrap
                 m.d.sync += w_addr.eq(w_addr + 1)
 
         ns.c_mem = c_mem = Memory(shape=self.c_load.payload.shape(), depth=ns.max_slices,
@@ -272,8 +279,11 @@ class LinearEngine(Engine):
                      c_wp.en.eq(c_take & (c_addr < ns.max_slices))]
         with m.If(reset_load):
             m.d.sync += c_addr.eq(0)
-        with m.Elif(c_take):
+        with m.Elif(c_take & (c_addr < ns.max_slices)):
             m.d.sync += c_addr.eq(c_addr + 1)
+        # Loaded since the last reset_load: every weight row of the shape's chunks and the
+        # constants of every output slice.
+        m.d.comb += ns.loaded.eq((w_addr >= ns.chunks * ns.d_in) & (c_addr >= ns.slices))
 
     def _pair_buffer(self, m, ns):
         """Decoded (index, value) pairs of a token into ``decode_width`` interleaved banks, two

@@ -12,6 +12,7 @@ from golden.intvidt import quantize_vidt
 from golden.vidt import VidT, VidTConfig
 from hw.block import BLOCK_STAGES, Block
 from hw.delta_encoder import token_layout
+from hw.framer import Framer
 from hw.pipeline import Pipeline
 from hw.to_tokens import ToTokens
 from sim.block_job import block_job
@@ -74,12 +75,13 @@ def test_a_malformed_token_is_flagged_and_the_next_run_is_exact(small_block):
     good = block_job(SMALL, blk, xs[1:2], MODEL.n_s, tau=2, rho=0.5)
     res, _ = run_amaranth_plans(Block(SMALL), [plan, good.plan()], seed=SEED + 2, stall=0.1,
                                 check=[False, True])
-    regs = Block(SMALL).windows["frame"][1]
+    regs = Framer.registers
     st = regs.status(res["status"]["frame"])
     assert st.done and st.errors.token, regs.describe(st.as_value())
     assert len(res["outputs"]["o"]) == len(bad.expected)
 
 
+@pytest.mark.filterwarnings("ignore::amaranth.hdl._ir.UnusedElaboratable")
 def test_block_arguments_are_checked():
     with pytest.raises(ValueError, match="attention_skip must be a positive integer"):
         Block(SMALL, attention_skip=0)
@@ -144,7 +146,6 @@ def test_adapter_refuses_bad_settings(positions, tokens):
 # --- The framer -----------------------------------------------------------------------------
 
 def test_framer_pads_short_and_cuts_long_tokens_then_runs_clean():
-    from hw.framer import Framer
     V = SMALL.lanes
     top = Pipeline(SMALL, [("f", Framer(SMALL))])
     a, b, c = ([k] * V for k in (1, 2, 3))

@@ -20,7 +20,7 @@ N_S = 49
 #: The benchmark block with attention buffers for the tested prefixes.
 CONFIG = preset("vidt").replace(max_tokens=128, name="vidt_t128")
 #: Per simulator: test clip and tokens (a frame-major prefix).
-WORKLOAD = {"verilator": (0, 2 * N_S), "icarus": (1, 16)}
+WORKLOAD = {"verilator": (0, 2 * N_S), "icarus": (1, 8)}
 
 
 @pytest.mark.cosim

@@ -190,3 +190,21 @@ def test_accumulator_overflow_raises_overflow_error():
     res = run_job(job, seed, 0.0, timeout=5_000, check=False)
     assert len(res["outputs"]["o"]) == len(job.expected), "the token's rows still leave"
     assert _status(res).errors.overflow and _status(res).done, res["status"]
+
+
+def test_a_start_before_the_weights_are_loaded_is_refused_then_a_loaded_run_is_exact():
+    """START after reset_load but before the weights (or the channel constants) are loaded:
+    errors ``load`` and ``config``, no token taken; the same hardware then loads and runs
+    bit-exact."""
+    from sim.driver import run_amaranth_plans
+    job = _small_job(SEED + 301)
+    for missing in ("w_load", "c_load"):
+        steps = [s for s in job.setup("linear") if not (s[0] == "load" and s[1].endswith(missing))]
+        refused = Plan(name="unloaded", setup=steps + [
+            ("start", "linear", False), ("status", "linear", "after_start"),
+            ("ready", "i", "i_ready"), ("pulse", "linear", ("clear_error",))])
+        res, _ = run_amaranth_plans(LinearTop(job.config), [refused, job.plan()], seed=SEED)
+        st = REGISTERS.status(res["seen"]["after_start"])
+        assert st.errors.load and st.errors.config and not st.running, \
+            (missing, REGISTERS.describe(res["seen"]["after_start"]))
+        assert not res["seen"]["i_ready"], "a refused run must not take tokens"
