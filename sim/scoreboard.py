@@ -4,7 +4,7 @@ Used by the Amaranth unit tests and the cocotb testbenches alike. A mismatch rai
 :exc:`AssertionError` naming the first differing transaction and the stimulus seed.
 """
 
-__all__ = ["check_equal", "tokens_from_pair_beats"]
+__all__ = ["check_equal", "check_run", "tokens_from_pair_beats"]
 
 
 def check_equal(got, want, *, what, seed):
@@ -16,6 +16,21 @@ def check_equal(got, want, *, what, seed):
     if len(got) != len(want):
         raise AssertionError("{}: got {} transactions, want {} (seed {})"
                              .format(what, len(got), len(want), seed))
+
+
+def check_run(res, want, seed, registers, *, what, errors=()):
+    """A token-counted run of a stage with registers ``registers``
+    (:class:`hw.engine.EngineRegisters`): exact beats ``res["beats"]``, STATUS
+    ``res["status"]`` DONE with exactly the named error bits, ``res["tokens_out"]`` = the
+    tokens of ``want``."""
+    check_equal(res["beats"], want, what=what, seed=seed)
+    st = res["status"]
+    assert st.done and not st.running, "seed {}: {} status {}".format(
+        seed, what, registers.describe(st.as_value().value))
+    got_errors = {e for e in registers.errors if st.errors[e]}
+    assert got_errors == set(errors), "seed {}: {} errors {}, want {}".format(
+        seed, what, sorted(got_errors), sorted(errors))
+    assert res["tokens_out"] == sum(b["last"] for b in want), (seed, what, res["tokens_out"])
 
 
 def tokens_from_pair_beats(beats, k):

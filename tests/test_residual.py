@@ -14,7 +14,7 @@ from golden import contract, qtorch
 from hw.config import preset
 from hw.residual import REGISTERS, ResidualAdd
 from sim.amaranth_streams import StreamStalls, csr_read, csr_write, get_until, put_all
-from sim.scoreboard import check_equal
+from sim import scoreboard
 
 SEED = 7200
 CFG = preset("tiny").replace(lanes=4, requant_lanes=1, name="ew")
@@ -153,15 +153,7 @@ def simulate(runs, streams, seed, *, stall=0.0, limit=50_000):
 
 
 def check_run(res, want, seed, *, what, errors=()):
-    """Exact beats, DONE with exactly the named error bits, ``tokens_out`` = its tokens."""
-    check_equal(res["beats"], want, what=what, seed=seed)
-    st = res["status"]
-    assert st.done and not st.running, "seed {}: {} status {}".format(
-        seed, what, REGISTERS.describe(st.as_value().value))
-    got_errors = {e for e in REGISTERS.errors if st.errors[e]}
-    assert got_errors == set(errors), "seed {}: {} errors {}, want {}".format(
-        seed, what, sorted(got_errors), sorted(errors))
-    assert res["tokens_out"] == sum(b["last"] for b in want), (seed, what, res["tokens_out"])
+    return scoreboard.check_run(res, want, seed, REGISTERS, what=what, errors=errors)
 
 
 def test_corners_are_what_the_tests_claim():
