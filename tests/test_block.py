@@ -50,14 +50,13 @@ def test_block_is_bit_exact_with_the_golden_block(small_block):
     assert busy <= res["counters"]["res2"]["cycles"], res["counters"]
 
 
-@pytest.mark.parametrize("attention_skip", [1, 2])
-def test_sequences_back_to_back(small_block, attention_skip):
+def test_sequences_back_to_back_with_a_one_sequence_skip_fifo(small_block):
     """Two sequences (frames numbered on, so the second is a delta against the first) with
-    dense attention: a skip FIFO of one sequence is enough not to deadlock."""
+    dense attention: a skip FIFO of one sequence is enough not to deadlock (the default of
+    two runs in the other tests)."""
     blk, xs = small_block
     job = block_job(SMALL, blk, xs[1:3], MODEL.n_s, tau=3, rho=1.0)
-    run_amaranth(Block(SMALL, attention_skip=attention_skip), job.plan(), seed=SEED + 1,
-                 stall=0.1)
+    run_amaranth(Block(SMALL, attention_skip=1), job.plan(), seed=SEED + 1, stall=0.1)
 
 
 def test_a_malformed_token_is_flagged_and_the_next_run_is_exact(small_block):
