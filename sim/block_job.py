@@ -157,7 +157,9 @@ def block_job(config, blk, xs, n_s, *, tau, rho, delta_enable=True, name="block"
               ("write", "gelu", "tokens", total)]
     setup += [("write", r, "tokens", total) for r in ("res1", "res2")]
     stages = _expected_counters(jobs, att, total)
-    setup += [("start", s, True) for s in stages]
+    # Last stage first: its cycles then span the whole run (the output stage's START to DONE,
+    # every other START included), the block's cycle count.
+    setup += [("start", s, True) for s in reversed(list(stages))]
     return BlockJob(name=name, config=config, setup=setup,
                     inputs=[("i", activation_beats(config, x)), ("attention.masks", att.masks)],
                     expected=activation_beats(config, x2), stages=stages, linear=jobs,
