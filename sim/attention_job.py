@@ -47,6 +47,8 @@ class AttentionJob:
         Performed MACs of QK^T and A V (kept entries x head_dim x 2): the exact ``mac_lanes`` counter.
     subvectors : int
         Kept sub-vectors: the exact ``SUBVECTORS`` counter.
+    outputs : list of torch.Tensor
+        Each sequence's expected output ``[H, N, hd]`` (what ``expected`` holds as beats).
     """
     name: str
     config: object
@@ -57,6 +59,7 @@ class AttentionJob:
     mac_lanes: int
     subvectors: int
     sequences: int
+    outputs: list = None
 
     @property
     def ideal_cycles(self):
@@ -139,7 +142,7 @@ def attention_job(config, sequences, *, softmax_mult, softmax_shift, attn_mult, 
     if hd != config.head_dim:
         raise ValueError("Head dimension {} differs from the engine's {}"
                          .format(hd, config.head_dim))
-    qkv, masks, expected = [], [], []
+    qkv, masks, expected, outputs = [], [], [], []
     mac_lanes = subvectors = 0
     for seq in sequences:
         if tuple(seq.q.shape) != (heads, n, hd):
@@ -152,6 +155,7 @@ def attention_job(config, sequences, *, softmax_mult, softmax_shift, attn_mult, 
         qkv += qkv_beats(config, seq.q, seq.k, seq.v)
         masks += mask_beats
         expected += expected_beats(config, out)
+        outputs.append(out)
         mac_lanes += int(full_keep.sum()) * hd * 2
         subvectors += sum(bin(b["mask"]).count("1") for b in mask_beats)
     registers = [("tokens", n), ("heads", heads), ("sequences", len(sequences)),
@@ -159,4 +163,4 @@ def attention_job(config, sequences, *, softmax_mult, softmax_shift, attn_mult, 
                  ("out_mult", attn_mult), ("out_shift", attn_shift)]
     return AttentionJob(name=name, config=config, registers=registers, qkv=qkv, masks=masks,
                         expected=expected, mac_lanes=mac_lanes, subvectors=subvectors,
-                        sequences=len(sequences))
+                        sequences=len(sequences), outputs=outputs)

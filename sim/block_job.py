@@ -124,7 +124,7 @@ def block_job(config, blk, xs, n_s, *, tau, rho, delta_enable=True, name="block"
     qkv = linear("qkv", a)
     heads = blk.heads
     hd = qkv.shape[1] // (3 * heads)
-    seqs, o_tokens = [], []
+    seqs = []
     for s in range(len(xs)):
         q, k, v = qkv[s * n:(s + 1) * n].reshape(n, 3, heads, hd).permute(1, 2, 0, 3)
         keep = None
@@ -134,7 +134,8 @@ def block_job(config, blk, xs, n_s, *, tau, rho, delta_enable=True, name="block"
     att = attention_job(config, seqs, softmax_mult=blk.softmax_mult,
                         softmax_shift=blk.softmax_shift, attn_mult=blk.attn_mult,
                         attn_shift=blk.attn_shift, name=name + "/attention")
-    o = _attention_tokens(att, seqs, blk)
+    # Attention outputs as tokens [N_total, heads * hd] (channel head * hd + dim).
+    o = torch.cat([out.permute(1, 0, 2).reshape(n, -1) for out in att.outputs])
     x1 = qtorch.saturate(x + linear("proj", o), contract.RESID)
     h = linear("fc1", blk.norm2(x1))
     x2 = qtorch.saturate(x1 + linear("fc2", qtorch.gelu(h, blk.gelu)), contract.RESID)
@@ -164,19 +165,6 @@ def block_job(config, blk, xs, n_s, *, tau, rho, delta_enable=True, name="block"
                     inputs=[("i", activation_beats(config, x)), ("attention.masks", att.masks)],
                     expected=activation_beats(config, x2), stages=stages, linear=jobs,
                     attention=att, out=x2)
-
-
-def _attention_tokens(att, seqs, blk):
-    """Attention outputs as tokens ``[N_total, heads * hd]`` (channel ``head * hd + dim``)."""
-    from golden.intvidt import attention_core
-    outs = []
-    for seq in seqs:
-        h, n, _ = seq.q.shape
-        keep = torch.ones(h, n, n, dtype=torch.bool) if seq.keep is None else seq.keep
-        *_, out = attention_core(seq.q, seq.k, seq.v, keep, blk.softmax_mult, blk.softmax_shift,
-                                 blk.attn_mult, blk.attn_shift)
-        outs.append(out.permute(1, 0, 2).reshape(n, -1))
-    return torch.cat(outs)
 
 
 def _expected_counters(jobs, att, total):

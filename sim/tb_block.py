@@ -23,7 +23,6 @@ import json
 import os
 
 import cocotb
-import torch
 
 from golden import benchmark
 from golden.intvidt import Tokens
