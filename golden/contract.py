@@ -42,7 +42,7 @@ __all__ = [
     "quantize_multiplier", "pack_bitmap", "unpack_bitmap", "pack_values", "bitmap_words",
     "RESID", "EXP2_FRAC_BITS", "EXP2_LUT", "EXP2_ONE", "SOFTMAX_RECIP_BITS", "PROB_FRAC_BITS",
     "LN_FRAC_BITS", "LN_RECIP_BITS", "LN_BETA", "div_half_up", "exp2_neg", "softmax_row",
-    "layernorm_row", "gelu_table", "real_to_int",
+    "layernorm_row", "gelu_table", "real_to_int", "pooled_sum_format", "predictor_score_format",
 ]
 
 
@@ -293,6 +293,18 @@ def div_half_up(num, den):
     if den <= 0:
         raise ValueError("Divisor must be positive, not {!r}".format(den))
     return (2 * num + den) // (2 * den)
+
+
+def pooled_sum_format(group):
+    """Sum of ``group`` ACT values, the sub-vector predictor's pooled-query numerator (the pooled
+    query itself, its :func:`div_half_up` mean, is ACT again)."""
+    return IntFormat(ACT.bits + ceil_log2(group))
+
+
+def predictor_score_format(head_dim):
+    """A predicted sub-vector score: a pooled query (ACT) times a key (ACT), summed over
+    ``head_dim`` channels; no rounding, no saturation."""
+    return accumulator_format(ACT, ACT, head_dim)
 
 
 def exp2_neg(t):

@@ -13,7 +13,7 @@ from golden import contract
 from golden.contract import bits_for, log2_exact
 
 __all__ = ["shape_of", "saturate", "round_shift", "requantize", "requantize_product", "fits",
-           "bits_for", "log2_exact"]
+           "bits_for", "log2_exact", "popcount"]
 
 
 def shape_of(fmt):
@@ -52,3 +52,13 @@ def requantize_product(product, shift, out=contract.ACT):
 def requantize(acc, mult, shift, out=contract.ACT):
     """``saturate(round_shift(acc * mult, shift))`` into ``out``."""
     return requantize_product(acc * mult, shift, out)
+
+
+def popcount(value):
+    """Set bits of ``value``, as a balanced adder tree (a chain of hundreds of adders is slow
+    to build and to simulate)."""
+    terms = [value[i] for i in range(len(value))]
+    while len(terms) > 1:
+        terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i]
+                 for i in range(0, len(terms), 2)]
+    return terms[0]

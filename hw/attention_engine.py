@@ -54,7 +54,8 @@ from hw.pipeline import CreditSignature
 from hw.softmax_unit import SoftmaxUnit
 from hw.subvector_decoder import SubvectorDecoder, subvector_mask_layout
 
-__all__ = ["REGISTERS", "attention_output_layout", "attention_mask_layout", "AttentionEngine"]
+__all__ = ["REGISTERS", "attention_output_layout", "attention_mask_layout", "qkv_writer_position",
+           "AttentionEngine"]
 
 _MULT, _SHIFT = arith.shape_of(contract.REQ_MULT), arith.shape_of(contract.REQ_SHIFT)
 
@@ -78,16 +79,6 @@ REGISTERS = EngineRegisters(
               ("mac_lanes", "lane-cycles doing a multiply-accumulate (QK^T and A V)"),
               ("subvectors", "kept sub-vectors (work items) processed"),
               ("beats_out", "output beats")))
-
-
-def _popcount(value):
-    """Set bits of ``value``, as a balanced adder tree (a chain of hundreds of adders is slow
-    to build and to simulate)."""
-    terms = [value[i] for i in range(len(value))]
-    while len(terms) > 1:
-        terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i]
-                 for i in range(0, len(terms), 2)]
-    return terms[0]
 
 
 def attention_mask_layout(config):
@@ -158,6 +149,48 @@ def _av_beat_layout(config):
         "kept": 1,                          # S2: the column is kept
         "prob": data.ArrayLayout(arith.shape_of(contract.PROB), config.lanes),   # S2
     })
+
+
+def qkv_writer_position(m, config, i, ctl, n_tok, heads, slot_full):
+    """The position of QKV beats (:func:`hw.linear_engine.activation_layout`, channels
+    ``[q | k | v]`` of ``heads x head_dim``) written into two sequence slots: drives
+    ``i.ready`` (running, the slot being written is free, fewer than ``sequences`` sequences
+    in) and flags ``qkv`` errors (a value outside int8, ``last`` off the token's final beat: a
+    short token closes early, a long one keeps overwriting its last chunk).
+
+    Returns a namespace: ``slot``, ``tok``, ``part`` (0 q, 1 k, 2 v), ``head``, ``off``
+    (``lanes``-chunk of the head's ``head_dim`` channels) of the current beat, ``take`` (it is
+    taken) and ``seq_end`` (it closes the sequence: the caller marks ``slot_full``)."""
+    V, T, H, HD = config.lanes, config.max_tokens, config.max_heads, config.head_dim
+    GW = HD // V
+    w = SimpleNamespace(slot=Signal(name="w_slot"), tok=Signal(range(T), name="w_tok"),
+                        part=Signal(range(3), name="w_part"), head=Signal(range(H), name="w_head"),
+                        off=Signal(range(GW), name="w_off"), take=Signal(name="w_take"),
+                        seq_end=Signal(name="w_seq_end"))
+    seqs_in = Signal(16)
+    beat = i.payload
+    m.d.comb += i.ready.eq(ctl.running & ~slot_full.bit_select(w.slot, 1)
+                           & (seqs_in != ctl.settings.sequences))
+    m.d.comb += w.take.eq(i.valid & i.ready)
+    at_end = (w.off == GW - 1) & (w.head == heads - 1) & (w.part == 2)
+    m.d.comb += w.seq_end.eq(w.take & beat.last & (w.tok == n_tok - 1))
+    with m.If(w.take):
+        m.d.comb += ctl.raise_error.qkv.eq(
+            ~Cat(*[arith.fits(beat.data[l], contract.ACT) for l in range(V)]).all()
+            | (beat.last != at_end))
+        with m.If(beat.last):
+            m.d.sync += [w.off.eq(0), w.head.eq(0), w.part.eq(0)]
+            with m.If(w.seq_end):
+                m.d.sync += [w.tok.eq(0), w.slot.eq(~w.slot), seqs_in.eq(seqs_in + 1)]
+            with m.Else():
+                m.d.sync += w.tok.eq(w.tok + 1)
+        with m.Elif(~at_end):
+            m.d.sync += w.off.eq(Mux(w.off == GW - 1, 0, w.off + 1))
+            with m.If(w.off == GW - 1):
+                m.d.sync += w.head.eq(Mux(w.head == heads - 1, 0, w.head + 1))
+                with m.If(w.head == heads - 1):
+                    m.d.sync += w.part.eq(w.part + 1)
+    return w
 
 
 class AttentionEngine(Engine):
@@ -243,47 +276,21 @@ class AttentionEngine(Engine):
         words; a slot is full once its sequence's last token is in."""
         cfg = self._config
         V, T, H, HD = cfg.lanes, cfg.max_tokens, cfg.max_heads, cfg.head_dim
-        GW = HD // V                        # QKV beats per head and part of a token
         ns.word = data.ArrayLayout(arith.shape_of(contract.ACT), HD)
         ns.mems = [Memory(shape=ns.word, depth=2 * T * H, init=[]) for _ in range(3)]
         for name, mem in zip("qkv", ns.mems):
             m.submodules[f"{name}_buf"] = mem
-        w_slot = Signal()
-        w_tok = Signal(range(T))
-        w_part = Signal(range(3))
-        w_head = Signal(range(H))
-        w_off = Signal(range(GW))
         ns.slot_full = Signal(2)
-        seqs_in = Signal(16)
         beat = self.i.payload
-        m.d.comb += self.i.ready.eq(ns.running & ~ns.slot_full.bit_select(w_slot, 1)
-                                    & (seqs_in != ns.ctl.settings.sequences))
-        take = self.i.valid & self.i.ready
-        at_end = (w_off == GW - 1) & (w_head == ns.heads - 1) & (w_part == 2)
+        w = qkv_writer_position(m, cfg, self.i, ns.ctl, ns.n_tok, ns.heads, ns.slot_full)
         for idx, mem in enumerate(ns.mems):
             wp = mem.write_port(granularity=V)
-            m.d.comb += [wp.addr.eq(self._buf_addr(w_slot, w_tok, w_head)),
+            m.d.comb += [wp.addr.eq(self._buf_addr(w.slot, w.tok, w.head)),
                          wp.data.eq(Cat(*[beat.data[e % V][:contract.ACT.bits]
                                           for e in range(HD)])),
-                         wp.en.eq(Mux(take & (w_part == idx), 1 << w_off, 0))]
-        with m.If(take):
-            m.d.comb += ns.ctl.raise_error.qkv.eq(
-                ~Cat(*[arith.fits(beat.data[l], contract.ACT) for l in range(V)]).all()
-                | (beat.last != at_end))
-            with m.If(beat.last):
-                # A short token still closes here; a long one kept overwriting its last word.
-                m.d.sync += [w_off.eq(0), w_head.eq(0), w_part.eq(0)]
-                with m.If(w_tok == ns.n_tok - 1):
-                    m.d.sync += [w_tok.eq(0), w_slot.eq(~w_slot), seqs_in.eq(seqs_in + 1),
-                                 ns.slot_full.bit_select(w_slot, 1).eq(1)]
-                with m.Else():
-                    m.d.sync += w_tok.eq(w_tok + 1)
-            with m.Elif(~at_end):
-                m.d.sync += w_off.eq(Mux(w_off == GW - 1, 0, w_off + 1))
-                with m.If(w_off == GW - 1):
-                    m.d.sync += w_head.eq(Mux(w_head == ns.heads - 1, 0, w_head + 1))
-                    with m.If(w_head == ns.heads - 1):
-                        m.d.sync += w_part.eq(w_part + 1)
+                         wp.en.eq(Mux(w.take & (w.part == idx), 1 << w.off, 0))]
+        with m.If(w.seq_end):
+            m.d.sync += ns.slot_full.bit_select(w.slot, 1).eq(1)
 
     def _loader(self, m, ns):
         """Per query block of a full slot: its ``lanes`` Q rows into registers, then its kept
@@ -550,7 +557,7 @@ class AttentionEngine(Engine):
             ns.tags.w_en.eq(beat_ok & req.payload.last)]
         m.d.comb += [ns.ctl.count.busy.eq(beat_ok),
                      ns.ctl.count.mac_lanes.eq(
-                         Mux(beat_ok, _popcount(req.payload.mask.as_value()), 0))]
+                         Mux(beat_ok, arith.popcount(req.payload.mask.as_value()), 0))]
 
     def _results(self, m, ns):
         """Result rows by their tag: QK^T rows -> softmax -> probability buffer (two block

@@ -2,27 +2,34 @@
 
 ::
 
-    x (RESID) -> frame -+-> ln1 -> qkv_in -> qkv -> attention -> transpose -> proj_in -> proj -> res1 -+->
-                        `------------------------ skip (sequences) ---------------------'     |
-       ,--------------------------------------------------------------------------------------'
+    x (RESID) -> frame -+-> ln1 -> qkv_in -> qkv -> predict -> attention -> transpose ->
+                        |                                                              |
+                        |    ,---------------------------------------------------------'
+                        |    `-> proj_in -> proj -> res1 -+->
+                        `----- skip (sequences) -----'    |
+       ,--------------------------------------------------'
        `-+-> ln2 -> fc1_in -> fc1 -> gelu -> fc2_in -> fc2 -> res2 -> o (RESID)
          `------------------- skip (tokens) -------------'
+
+    predict.masks -> attention.masks (inside)
 
 The golden model's block (:class:`golden.intvidt.IntBlock`, :func:`golden.vidt.block_dataflow`)
 stage for stage: LayerNorm (:class:`hw.layernorm.LayerNorm`), the four token-wise layers as
 delta projections (:class:`hw.linear_engine.LinearEngine`, each with its own references per
-spatial position), sub-vector sparse attention (:class:`hw.attention_engine.AttentionEngine`,
-masks on ``attention.masks``), the transposing buffer that turns attention's dim-major output
-into tokens (:class:`hw.transpose.Transpose`), GELU (:class:`hw.gelu.GELU`) and the two residual
-adds (:class:`hw.residual.ResidualAdd`, fed by the pipeline's skip paths, behind a
-:class:`hw.framer.Framer` that makes every input token ``d / lanes`` beats long, so that a
-malformed token cannot leave the two sides of a residual a beat apart). ``*_in`` stages
+spatial position), sub-vector sparse attention (:class:`hw.attention_engine.AttentionEngine`)
+with its masks from the on-chip predictor (:class:`hw.predictor.Predictor`: pooled-query
+products on the array, top-K selection), the transposing buffer that turns attention's
+dim-major output into tokens (:class:`hw.transpose.Transpose`), GELU (:class:`hw.gelu.GELU`)
+and the two residual adds (:class:`hw.residual.ResidualAdd`, fed by the pipeline's skip paths,
+behind a :class:`hw.framer.Framer` that makes every input token ``d / lanes`` beats long, so
+that a malformed token cannot leave the two sides of a residual a beat apart). ``*_in`` stages
 (:class:`hw.to_tokens.ToTokens`) pack activation beats into the projections' token beats and
 number the positions.
 
 Every matrix product is a vector-scalar product on the one :class:`hw.pe_array.PEArray`: the
-four projections and attention are its five clients (:class:`hw.pe_arbiter.PEArbiter`, each
-behind a :class:`hw.pipeline.ResultReserve`). The element-wise stages run beside the array.
+four projections, the predictor and attention are its six clients
+(:class:`hw.pe_arbiter.PEArbiter`, each behind a :class:`hw.pipeline.ResultReserve`). The
+element-wise stages run beside the array.
 
 Skip paths: ``res1`` needs a sequence's inputs until attention has seen the whole sequence,
 so its FIFO holds ``attention_skip`` sequences of ``max_tokens`` tokens (at least one, or the
@@ -31,8 +38,8 @@ tokens inside the MLP, ``mlp_skip`` of them.
 
 Program: the projections in wide mode for ``proj`` and ``fc2`` (RESID outputs); every stage's
 ``tokens`` the run's token count (attention and transpose: ``tokens`` per sequence and
-``sequences``); ``*_in.positions`` the spatial positions per frame. Tokens enter frame-major,
-sequence after sequence.
+``sequences``; predictor: ``keep`` too); ``*_in.positions`` the spatial positions per frame.
+Tokens enter frame-major, sequence after sequence.
 """
 
 from hw.attention_engine import AttentionEngine
@@ -41,6 +48,7 @@ from hw.gelu import GELU
 from hw.layernorm import LayerNorm
 from hw.linear_engine import LinearEngine
 from hw.pipeline import Pipeline
+from hw.predictor import Predictor
 from hw.residual import ResidualAdd
 from hw.to_tokens import ToTokens
 from hw.transpose import Transpose
@@ -56,7 +64,8 @@ def _stages(config):
         ("frame", Framer(config)),
         ("ln1", LayerNorm(config)),
         ("qkv_in", ToTokens(config)), ("qkv", LinearEngine(config)),
-        ("attention", AttentionEngine(config)), ("transpose", Transpose(config)),
+        ("predict", Predictor(config)), ("attention", AttentionEngine(config)),
+        ("transpose", Transpose(config)),
         ("proj_in", ToTokens(config)), ("proj", LinearEngine(config)),
         ("res1", ResidualAdd(config)),
         ("ln2", LayerNorm(config)),
@@ -68,8 +77,8 @@ def _stages(config):
 
 
 #: Stage names in order.
-BLOCK_STAGES = ("frame", "ln1", "qkv_in", "qkv", "attention", "transpose", "proj_in", "proj", "res1",
-                "ln2", "fc1_in", "fc1", "gelu", "fc2_in", "fc2", "res2")
+BLOCK_STAGES = ("frame", "ln1", "qkv_in", "qkv", "predict", "attention", "transpose", "proj_in",
+                "proj", "res1", "ln2", "fc1_in", "fc1", "gelu", "fc2_in", "fc2", "res2")
 
 
 class Block(Pipeline):
@@ -85,7 +94,7 @@ class Block(Pipeline):
 
     Ports: ``i`` and ``o`` (RESID tokens, :func:`hw.linear_engine.activation_layout`), the
     stages' loading ports (``ln1.p_load``, ``qkv.w_load``, ``qkv.c_load``, ...,
-    ``gelu.t_load``), ``attention.masks``, ``csr``.
+    ``gelu.t_load``), ``csr``.
     """
 
     def __init__(self, config, *, attention_skip=2, mlp_skip=8):
@@ -97,4 +106,5 @@ class Block(Pipeline):
         assert tuple(n for n, _ in stages) == BLOCK_STAGES
         super().__init__(config, stages, skips=[
             ("ln1", "res1", attention_skip * config.max_tokens * beats),
-            ("ln2", "res2", mlp_skip * beats)])
+            ("ln2", "res2", mlp_skip * beats)],
+            links=[("predict", "masks", "attention", "masks")])

@@ -23,7 +23,9 @@ A **stage** is a ``wiring.Component`` with
 * optionally ``skip`` (``In(stream)``): the second operand of a join (a residual add), fed by
   a *skip path* (``skips``): a copy of the input of an earlier stage, buffered in a FIFO;
 * any other ports (loading streams, masks): exposed as ``<stage name>.<port>`` (Verilog
-  ``<stage>__<port>__valid`` ...).
+  ``<stage>__<port>__valid`` ...), unless a *link* joins them inside: ``links`` lists
+  ``(stage, port, stage, port)``, an ``Out`` port of one stage feeding an ``In`` port of
+  another (the on-chip predictor's masks into the attention engine).
 
 Skip paths: ``(fork, join, depth)`` copies every beat entering stage ``fork`` into a FIFO of
 ``depth`` beats that feeds ``join.skip`` (:class:`Tee`). A beat enters ``fork`` only when the
@@ -169,6 +171,8 @@ class Pipeline(wiring.Component):
         See the module docstring.
     skips : sequence of (fork, join, depth)
         Skip paths (see the module docstring).
+    links : sequence of (stage, port, stage, port)
+        Ports joined inside the pipeline (see the module docstring).
 
     Attributes
     ----------
@@ -177,7 +181,7 @@ class Pipeline(wiring.Component):
     <name> : the extra ports of stage ``name``.
     """
 
-    def __init__(self, config, stages, *, skips=()):
+    def __init__(self, config, stages, *, skips=(), links=()):
         stages = list(stages)
         if not stages:
             raise ValueError("stages must be a non-empty list of (name, stage), not {!r}"
@@ -195,6 +199,8 @@ class Pipeline(wiring.Component):
                                  "{!r}, not {!r}".format(n1, n0, _payload(s0, "o"),
                                                          _payload(s1, "i")))
         self._skips = self._check_skips(stages, skips)
+        self._links = self._check_links(stages, links)
+        linked = {(a, p) for a, p, _, _ in self._links} | {(b, q) for _, _, b, q in self._links}
         self._config = config
         self._stages = stages
         with_regs = [(n, s) for n, s in stages if "csr" in s.signature.members]
@@ -206,9 +212,12 @@ class Pipeline(wiring.Component):
                    "o": Out(stream.Signature(_payload(stages[-1][1], "o"))),
                    "csr": In(RegisterSignature(self.window_bits + bits_for(len(with_regs))))}
         joins = {j for _, j, _ in self._skips}
+        self._extra = {}
         for n, s in stages:
             extra = {p: mem for p, mem in s.signature.members.items()
-                     if p not in _RESERVED and not (p == "skip" and n in joins)}
+                     if p not in _RESERVED and not (p == "skip" and n in joins)
+                     and (n, p) not in linked}
+            self._extra[n] = tuple(extra)
             if extra:
                 members[n] = Out(wiring.Signature(extra))
         super().__init__(members)
@@ -233,6 +242,24 @@ class Pipeline(wiring.Component):
             out.append((fork, join, depth))
         return out
 
+    @staticmethod
+    def _check_links(stages, links):
+        by_name = dict(stages)
+        out = []
+        for link in links:
+            if len(link) != 4 or link[0] not in by_name or link[2] not in by_name:
+                raise ValueError("a link must be (stage, port, stage, port) of two stages, not "
+                                 "{!r}".format(link))
+            a, p, b, q = link
+            ma, mb = by_name[a].signature.members, by_name[b].signature.members
+            if p not in ma or q not in mb or p in _RESERVED or q in _RESERVED \
+                    or ma[p].flow != Out or mb[q].flow != In \
+                    or ma[p].signature != mb[q].signature.flip():
+                raise ValueError("link {!r} must join an Out port to a matching In port"
+                                 .format(link))
+            out.append(tuple(link))
+        return out
+
     @property
     def config(self):
         return self._config
@@ -249,12 +276,13 @@ class Pipeline(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         stages = self._stages
-        joins = {j for _, j, _ in self._skips}
         for n, s in stages:
             m.submodules[n] = s
-            for p in s.signature.members:
-                if p not in _RESERVED and not (p == "skip" and n in joins):
-                    connect(m, wiring.flipped(getattr(getattr(self, n), p)), getattr(s, p))
+            for p in self._extra[n]:
+                connect(m, wiring.flipped(getattr(getattr(self, n), p)), getattr(s, p))
+        by_name = dict(stages)
+        for a, p, b, q in self._links:
+            connect(m, getattr(by_name[a], p), getattr(by_name[b], q))
 
         # Activation chain, with a sequence gate before the first stage that holds sequences.
         gated = next((s for _, s in stages if "credit" in s.signature.members), None)

@@ -40,6 +40,7 @@ END = "<!-- regdoc:end -->"
 DECLARATIONS = (
     ("hw.linear_engine.REGISTERS", "hw.linear_engine", "REGISTERS"),
     ("hw.attention_engine.REGISTERS", "hw.attention_engine", "REGISTERS"),
+    ("hw.predictor.REGISTERS", "hw.predictor", "REGISTERS"),
     ("hw.framer.REGISTERS", "hw.framer", "REGISTERS"),
     ("hw.layernorm.REGISTERS", "hw.layernorm", "REGISTERS"),
     ("hw.to_tokens.REGISTERS", "hw.to_tokens", "REGISTERS"),

@@ -23,6 +23,7 @@ from hw.layernorm import ln_param_words
 from sim.attention_job import Sequence, attention_job
 from sim.driver import Plan
 from sim.linear_job import job_from_layer
+from sim.predictor_job import predictor_job
 
 __all__ = ["BlockJob", "block_job", "activation_beats"]
 
@@ -47,7 +48,8 @@ class BlockJob:
         ``o`` beats (the block's RESID output).
     stages : dict
         Stage name -> expected counters.
-    linear, attention : the projection jobs (by name) and the attention job.
+    linear, attention, predictor : the projection jobs (by name), the attention job and the
+        predictor job.
     out : torch.Tensor
         The expected output ``[N, d]``.
     """
@@ -59,13 +61,14 @@ class BlockJob:
     stages: dict
     linear: dict
     attention: object
+    predictor: object
     out: torch.Tensor
     trace: dict = field(default_factory=dict)
 
     @property
     def ideal_cycles(self):
-        """Performed MACs of the block (four projections, attention) over the array's MACs
-        per cycle."""
+        """Performed MACs of the block (four projections, predictor, attention) over the array's
+        MACs per cycle."""
         return sum(self.stage_ideal_cycles().values())
 
     @property
@@ -78,7 +81,7 @@ class BlockJob:
         """Ideal cycles of every PE client: its performed MACs over the array's MACs per
         cycle."""
         return {**{p: j.ideal_cycles for p, j in self.linear.items()},
-                "attention": self.attention.ideal_cycles}
+                "predict": self.predictor.ideal_cycles, "attention": self.attention.ideal_cycles}
 
     def plan(self, *, timeout=None):
         if timeout is None:
@@ -131,6 +134,7 @@ def block_job(config, blk, xs, n_s, *, tau, rho, delta_enable=True, name="block"
         if rho < 1:
             keep = SubvectorAttention(config.lanes, rho).keep(0, q[None], k[None])[0][0]
         seqs.append(Sequence(q, k, v, keep))
+    pred = predictor_job(config, seqs, rho, name=name + "/predict")
     att = attention_job(config, seqs, softmax_mult=blk.softmax_mult,
                         softmax_shift=blk.softmax_shift, attn_mult=blk.attn_mult,
                         attn_shift=blk.attn_shift, name=name + "/attention")
@@ -150,6 +154,7 @@ def block_job(config, blk, xs, n_s, *, tau, rho, delta_enable=True, name="block"
     for p in PROJECTIONS:
         setup += jobs[p].setup(p) + [("write", p + "_in", "positions", n_s),
                                      ("write", p + "_in", "tokens", total)]
+    setup += [("write", "predict", r, v) for r, v in pred.registers]
     setup += [("write", "attention", r, v) for r, v in att.registers]
     setup += [("write", "transpose", "tokens", n), ("write", "transpose", "heads", heads),
               ("write", "transpose", "sequences", len(xs))]
@@ -157,21 +162,22 @@ def block_job(config, blk, xs, n_s, *, tau, rho, delta_enable=True, name="block"
               ("load", "gelu.t_load", [{"data": v} for v in blk.gelu]),
               ("write", "gelu", "tokens", total)]
     setup += [("write", r, "tokens", total) for r in ("res1", "res2")]
-    stages = _expected_counters(jobs, att, total)
+    stages = _expected_counters(jobs, pred, att, total)
     # Last stage first: its cycles then span the whole run (the output stage's START to DONE,
     # every other START included), the block's cycle count.
     setup += [("start", s, True) for s in reversed(list(stages))]
     return BlockJob(name=name, config=config, setup=setup,
-                    inputs=[("i", activation_beats(config, x)), ("attention.masks", att.masks)],
+                    inputs=[("i", activation_beats(config, x))],
                     expected=activation_beats(config, x2), stages=stages, linear=jobs,
-                    attention=att, out=x2)
+                    attention=att, predictor=pred, out=x2)
 
 
-def _expected_counters(jobs, att, total):
+def _expected_counters(jobs, pred, att, total):
     stages = {s: {"tokens_out": total} for s in ("frame", "ln1", "ln2")}
     for p in PROJECTIONS:
         stages[p + "_in"] = {"tokens_out": total}
         stages[p] = {k: v for k, v in jobs[p].counters().items() if k != "pairs"}
+    stages["predict"] = pred.counters()
     stages["attention"] = att.counters()
     stages["transpose"] = {"tokens_out": total}
     for s in ("gelu", "res1", "res2"):

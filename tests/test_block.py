@@ -41,12 +41,15 @@ def small_block():
 
 def test_block_is_bit_exact_with_the_golden_block(small_block):
     """One clip through LN1 ... res2 with delta projections (tau = 2) and sub-vector attention
-    (rho = 0.5), random stalls; block_job checks its expectation against IntBlock.forward."""
+    (rho = 0.5, masks from the on-chip predictor), random stalls; block_job checks its
+    expectation against IntBlock.forward."""
     blk, xs = small_block
     job = block_job(SMALL, blk, xs[:1], MODEL.n_s, tau=2, rho=0.5)
     res = run_amaranth(Block(SMALL), job.plan(), seed=SEED, stall=0.2)
-    # The five PE clients shared the one array: their beats fit in the block's cycles.
-    busy = sum(res["counters"][s]["busy"] for s in ("qkv", "attention", "proj", "fc1", "fc2"))
+    # The six PE clients shared the one array: their beats fit in the block's cycles.
+    busy = sum(res["counters"][s]["busy"]
+               for s in ("qkv", "predict", "attention", "proj", "fc1", "fc2"))
+    assert res["counters"]["predict"]["busy"] > 0
     assert busy <= res["counters"]["res2"]["cycles"], res["counters"]
 
 
@@ -69,7 +72,7 @@ def test_a_malformed_token_is_flagged_and_the_next_run_is_exact(small_block):
     beats[2]["last"] = True                         # token 0 ends after 3 of its 4 beats
     del beats[3]
     plan = bad.plan()
-    plan.inputs = [("i", beats), plan.inputs[1]]
+    plan.inputs = [("i", beats)]
     plan.done = []
     good = block_job(SMALL, blk, xs[1:2], MODEL.n_s, tau=2, rho=0.5)
     res, _ = run_amaranth_plans(Block(SMALL), [plan, good.plan()], seed=SEED + 2, stall=0.1,
