@@ -87,7 +87,24 @@ def test_a_malformed_token_is_flagged_and_the_next_run_is_exact(small_block):
 def test_block_arguments_are_checked():
     with pytest.raises(ValueError, match="attention_skip must be a positive integer"):
         Block(SMALL, attention_skip=0)
-    assert len(Block(SMALL).windows) == len(BLOCK_STAGES)
+    blk = Block(SMALL)
+    assert len(blk.windows) == len(BLOCK_STAGES)
+    # The predictor's masks are joined inside: neither end is a port of the block.
+    assert "attention" not in blk.signature.members and "predict" not in blk.signature.members
+
+
+@pytest.mark.filterwarnings("ignore::amaranth.hdl._ir.UnusedElaboratable")
+@pytest.mark.parametrize("link", [("predict", "masks", "nowhere", "masks"),
+                                  ("attention", "masks", "predict", "masks"),
+                                  ("predict", "masks", "attention", "i"),
+                                  ("predict", "masks")])
+def test_pipeline_links_are_checked(link):
+    """A link must join an ``Out`` port to an ``In`` port of the same stream signature."""
+    from hw.attention_engine import AttentionEngine
+    from hw.predictor import Predictor
+    with pytest.raises(ValueError, match="link"):
+        Pipeline(SMALL, [("predict", Predictor(SMALL)), ("attention", AttentionEngine(SMALL))],
+                 links=[link])
 
 
 # --- The token adapter ----------------------------------------------------------------------

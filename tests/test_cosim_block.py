@@ -1,14 +1,14 @@
 """Whole-block co-simulation on the trained benchmark model's tensors (Verilator, Icarus).
 
 The residual stream entering block 0 of held-out test clips goes into the generated block:
-LayerNorm, delta QKV, sub-vector attention, transposing buffer, delta output projection,
-residual, LayerNorm, delta fc1, GELU, delta fc2, residual, all on one PE array, with random
-valid/ready stalls; the output is bit-exact against the golden model's own block
-(``IntBlock.forward`` under the eval's delta threshold and keep ratio). Verilator runs frame 0
-(dense) and the first query block of frame 1 (delta tokens), attention over 57 tokens; Icarus,
-event driven, the first two query blocks. ``make bench FULL=1`` runs longer prefixes. The
-attention buffers are sized for 64 tokens: the model compiles and runs faster than with the
-preset's 512 (two frames at 512 took 5.5 min of a CI core).
+LayerNorm, delta QKV, the on-chip sub-vector predictor and sparse attention, transposing
+buffer, delta output projection, residual, LayerNorm, delta fc1, GELU, delta fc2, residual, all
+on one PE array, with random valid/ready stalls; the output is bit-exact against the golden
+model's own block (``IntBlock.forward`` under the eval's delta threshold and keep ratio).
+Verilator runs frame 0 (dense) and the first query block of frame 1 (delta tokens), attention
+over 57 tokens; Icarus, event driven, the first two query blocks. ``make bench FULL=1`` runs
+longer prefixes. The attention buffers are sized for 64 tokens: the model compiles and runs
+faster than with the preset's 512 (two frames at 512 took 5.5 min of a CI core).
 """
 
 import pytest
