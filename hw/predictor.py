@@ -234,8 +234,7 @@ class Predictor(Engine):
         l_g = Signal(range(NB))
         l_half = Signal()
         idx = Signal(range(max(V, R) + 1))
-        rd = SimpleNamespace(valid=Signal(), k=Signal(), idx=Signal(range(max(V, R))),
-                             ok=Signal())
+        rd = SimpleNamespace(valid=Signal(), k=Signal(), idx=Signal(range(max(V, R))))
         q_rp, k_rp = ns.qp_mem.read_port(), ns.k_mem.read_port()
         free = ~ns.nx_valid & ~pend
         unit = l_ug * R + idx
@@ -252,15 +251,15 @@ class Predictor(Engine):
             with m.State("QP"):
                 with m.If(free):
                     m.d.comb += [q_rp.addr.eq((l_slot * NB + unit) * H + l_head), q_rp.en.eq(1)]
-                    m.d.sync += [idx.eq(idx + 1), rd.valid.eq(1), rd.k.eq(0), rd.idx.eq(idx),
-                                 rd.ok.eq(unit < ns.blocks)]
+                    # Rows of query blocks past N (and lanes of keys past N, below) are read
+                    # but masked off, so never used.
+                    m.d.sync += [idx.eq(idx + 1), rd.valid.eq(1), rd.k.eq(0), rd.idx.eq(idx)]
                     with m.If(idx == R - 1):
                         m.d.sync += idx.eq(0)
                         m.next = "K"
             with m.State("K"):
                 with m.If(free):
                     m.d.comb += [k_rp.addr.eq((l_slot * T + key) * H + l_head), k_rp.en.eq(1)]
-                    # Keys past N are read but masked off (``lanes``), so never used.
                     m.d.sync += [idx.eq(idx + 1), rd.valid.eq(1), rd.k.eq(1), rd.idx.eq(idx)]
                     with m.If(idx == V - 1):
                         m.d.sync += [idx.eq(0), pend.eq(1)]
@@ -292,7 +291,7 @@ class Predictor(Engine):
         with m.If(rd.valid):
             for r in range(R):
                 with m.If(~rd.k & (rd.idx == r)):
-                    m.d.sync += ns.qp_next[r].eq(Mux(rd.ok, q_rp.data, 0))
+                    m.d.sync += ns.qp_next[r].eq(q_rp.data)
             for l in range(V):
                 with m.If(rd.k & (rd.idx == l)):
                     m.d.sync += ns.k_next[l].eq(k_rp.data)
