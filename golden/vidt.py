@@ -36,7 +36,6 @@ forward pass; :meth:`VidT.forward` also takes a token ``prune`` hook (STA,
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from functools import partial
 

@@ -11,7 +11,6 @@ from golden.delta import DeltaLinear
 from golden.intvidt import Execution, QLinear
 from golden.sparse import SparseExecution
 from hw.config import preset
-from sim.scoreboard import tokens_from_pair_beats
 
 SEED = 11
 
