@@ -13,7 +13,7 @@ from golden import contract
 from golden.contract import bits_for, log2_exact
 
 __all__ = ["shape_of", "saturate", "round_shift", "requantize", "requantize_product", "fits",
-           "bits_for", "log2_exact", "popcount"]
+           "bits_for", "log2_exact", "popcount", "div_half_up"]
 
 
 def shape_of(fmt):
@@ -62,3 +62,9 @@ def popcount(value):
         terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i]
                  for i in range(0, len(terms), 2)]
     return terms[0]
+
+
+def div_half_up(num, den):
+    """``contract.div_half_up(num, den)`` in logic: floor division of ``2 num + den`` by
+    ``2 den`` (``den >= 1``; a general divider unless ``den`` is constant)."""
+    return (num * 2 + den) // (den * 2)

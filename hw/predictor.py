@@ -56,7 +56,7 @@ from hw.keep_select import KeepSelect
 from hw.linear_engine import activation_layout
 from hw.pe_array import PEClientSignature, Route
 
-__all__ = ["REGISTERS", "Predictor", "predictor_score_shape", "pool_half_up"]
+__all__ = ["REGISTERS", "Predictor", "predictor_score_shape"]
 
 #: The predictor's registers (:mod:`hw.engine`).
 REGISTERS = EngineRegisters(
@@ -77,12 +77,6 @@ REGISTERS = EngineRegisters(
 def predictor_score_shape(config):
     """Shape of one predicted score at ``config``'s head dimension."""
     return arith.shape_of(contract.predictor_score_format(config.head_dim))
-
-
-def pool_half_up(total, count):
-    """``contract.div_half_up(total, count)`` in hardware: floor division of ``2 total +
-    count`` by ``2 count`` (``count >= 1``)."""
-    return (total * 2 + count) // (count * 2)
 
 
 def _group_layout(config):
@@ -213,7 +207,7 @@ class Predictor(Engine):
         q_take = w.take & (w.part == 0)
         m.d.comb += [s_wp.data.eq(Cat(*total)), s_wp.en.eq(q_take & ~closes)]
         qw = ns.qp_mem.write_port(granularity=V)
-        pooled = Cat(*[pool_half_up(t, count)[:contract.ACT.bits] for t in total])
+        pooled = Cat(*[arith.div_half_up(t, count)[:contract.ACT.bits] for t in total])
         m.d.comb += [qw.addr.eq((w.slot * NB + (w.tok >> log2_exact(V))) * H + w.head),
                      qw.data.eq(pooled.replicate(GW)),
                      qw.en.eq(Mux(q_take & closes, 1 << w.off, 0))]

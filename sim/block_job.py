@@ -127,14 +127,12 @@ def block_job(config, blk, xs, n_s, *, tau, rho, delta_enable=True, name="block"
     qkv = linear("qkv", a)
     heads = blk.heads
     hd = qkv.shape[1] // (3 * heads)
-    seqs = []
-    for s in range(len(xs)):
-        q, k, v = qkv[s * n:(s + 1) * n].reshape(n, 3, heads, hd).permute(1, 2, 0, 3)
-        keep = None
-        if rho < 1:
-            keep = SubvectorAttention(config.lanes, rho).keep(0, q[None], k[None])[0][0]
-        seqs.append(Sequence(q, k, v, keep))
+    seqs = [Sequence(*qkv[s * n:(s + 1) * n].reshape(n, 3, heads, hd).permute(1, 2, 0, 3))
+            for s in range(len(xs))]
+    # The predictor job holds the golden keep masks; attention computes with them (dense: None).
     pred = predictor_job(config, seqs, rho, name=name + "/predict")
+    if rho < 1:
+        seqs = [Sequence(s.q, s.k, s.v, keep) for s, keep in zip(seqs, pred.keeps)]
     att = attention_job(config, seqs, softmax_mult=blk.softmax_mult,
                         softmax_shift=blk.softmax_shift, attn_mult=blk.attn_mult,
                         attn_shift=blk.attn_shift, name=name + "/attention")

@@ -27,7 +27,8 @@ def predicted_keep(config, seq, rho):
 @dataclass
 class PredictorJob:
     """A predictor run: register writes, the QKV beats (they also come back on ``o``), the
-    expected mask beats and counters."""
+    expected mask beats and counters, and each sequence's golden keep mask ``[H, N, N]``
+    (``keeps``, what the attention engine is to compute with)."""
     name: str
     config: object
     registers: list
@@ -35,6 +36,7 @@ class PredictorJob:
     masks: list
     mac_lanes: int
     busy: int
+    keeps: list
 
     @property
     def ideal_cycles(self):
@@ -64,11 +66,12 @@ def predictor_job(config, sequences, rho, *, name="predictor"):
                          .format(hd, config.head_dim))
     keep = keep_count(n, rho)
     blocks = -(-n // config.lanes)
-    qkv, masks, macs = [], [], 0
+    qkv, masks, keeps, macs = [], [], [], 0
     for seq in sequences:
         mask, m = predicted_keep(config, seq, rho)
         qkv += qkv_beats(config, seq.q, seq.k, seq.v)
         masks += block_masks(config, mask, heads, n)
+        keeps.append(mask)
         macs += m
     # Array beats: per head, unit groups of `rows` query blocks times key groups of `lanes`
     # keys, head_dim beats each.
@@ -76,4 +79,4 @@ def predictor_job(config, sequences, rho, *, name="predictor"):
                                 * config.head_dim)
     registers = [("tokens", n), ("heads", heads), ("sequences", len(sequences)), ("keep", keep)]
     return PredictorJob(name=name, config=config, registers=registers, qkv=qkv, masks=masks,
-                        mac_lanes=macs, busy=busy)
+                        mac_lanes=macs, busy=busy, keeps=keeps)

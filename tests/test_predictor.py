@@ -12,7 +12,8 @@ from amaranth.sim import Simulator
 
 from golden import contract
 from hw.pipeline import Pipeline
-from hw.predictor import REGISTERS, Predictor, pool_half_up
+from hw.arith import div_half_up
+from hw.predictor import REGISTERS, Predictor
 from sim.attention_job import Sequence
 from sim.driver import Plan, run_amaranth, run_amaranth_plans
 from sim.predictor_job import predictor_job
@@ -40,14 +41,14 @@ def run_job(job, seed, stall=0.3, **kw):
     return res
 
 
-def test_pool_half_up_is_the_contract_mean_for_every_sum_and_count():
+def test_pooling_division_is_the_contract_mean_for_every_sum_and_count():
     """Every sum of up to ``lanes`` int8 values and every count 1..8 (rounding halves
     included): the hardware expression equals ``contract.div_half_up``."""
     fmt = contract.pooled_sum_format(8)
     m = Module()
     total, count = Signal(signed(fmt.bits)), Signal(range(9))
     out = Signal(signed(fmt.bits + 2))
-    m.d.comb += out.eq(pool_half_up(total, count))
+    m.d.comb += out.eq(div_half_up(total, count))
     sim = Simulator(m)
     bad = []
 
