@@ -46,10 +46,14 @@ class RTSAConfig:
     max_heads : int
         Largest number of attention heads.
     weight_depth : int
-        Words of the on-chip weight buffer (one word = one row's ``lanes`` weights).
+        Words of one layer's on-chip weight buffer (one word = one row's ``lanes`` weights;
+        the buffer holds ``max_layers`` of them).
     max_positions : int
         Spatial token positions per frame (``n_s``) the linear engine keeps delta references
         for.
+    max_layers : int
+        Transformer blocks whose weights and constants the stages hold on chip at once; a
+        stage's ``layer`` setting selects the block a run uses (:data:`hw.engine.LAYER`).
     """
     lanes: int = 8
     rows: int = 4
@@ -62,6 +66,7 @@ class RTSAConfig:
     max_heads: int = 4
     weight_depth: int = 4096
     max_positions: int = 64
+    max_layers: int = 1
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self):
@@ -151,6 +156,7 @@ class RTSAConfig:
             "bitmap_word": self.bitmap_word, "max_d": self.max_d, "mlp_ratio": self.mlp_ratio,
             "max_tokens": self.max_tokens, "max_heads": self.max_heads,
             "weight_depth": self.weight_depth, "max_positions": self.max_positions,
+            "max_layers": self.max_layers,
             "operand_bits": self.operand_format.bits, "acc_bits": self.acc_format.bits,
             "out_bits": self.out_format.bits, "macs_per_cycle": self.macs_per_cycle,
         }
@@ -166,11 +172,11 @@ PRESETS = {
     "default": RTSAConfig(lanes=8, rows=16, requant_lanes=8, decode_width=4, bitmap_word=16,
                           max_d=192, mlp_ratio=4, max_tokens=512, max_heads=4,
                           weight_depth=4096, name="default"),
-    # Sized for the benchmark VidT (d = 64, MLP 256, 49 positions): 8 x 8 = 64 lanes, so
-    # every layer width (64, 192, 256) is a whole number of output chunks.
+    # Sized for the benchmark VidT (d = 64, MLP 256, 49 positions, 4 blocks): 8 x 8 = 64
+    # lanes, so every layer width (64, 192, 256) is a whole number of output chunks.
     "vidt": RTSAConfig(lanes=8, rows=8, requant_lanes=8, decode_width=4, bitmap_word=16,
                        max_d=64, mlp_ratio=4, max_tokens=512, max_heads=2, weight_depth=2048,
-                       max_positions=64, name="vidt"),
+                       max_positions=64, max_layers=4, name="vidt"),
     # Cycle-model scale (ViT-B-like shapes); generated, simulated, not meant for a small FPGA.
     "large": RTSAConfig(lanes=16, rows=32, requant_lanes=16, decode_width=8, bitmap_word=32,
                         max_d=768, mlp_ratio=4, max_tokens=1568, max_heads=12,

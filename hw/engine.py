@@ -31,7 +31,8 @@ from amaranth.lib.wiring import In, Out, connect
 from hw.arith import bits_for
 
 __all__ = ["Setting", "EngineRegisters", "RegisterSignature", "EngineControl", "Engine",
-           "token_gate", "finish_on_tokens", "COUNTER_BITS", "STATUS_ERROR_OFFSET"]
+           "LAYER", "layer_part", "token_gate", "finish_on_tokens", "COUNTER_BITS",
+           "STATUS_ERROR_OFFSET"]
 
 #: Width of every counter register.
 COUNTER_BITS = 32
@@ -282,6 +283,26 @@ class Engine(wiring.Component):
         m.submodules.control = ctl = EngineControl(self.registers)
         connect(m, wiring.flipped(self.csr), ctl.csr)
         return ctl
+
+
+#: The setting of a stage that holds per-layer constants (weights, channel constants, LayerNorm
+#: parameters, GELU tables) for ``max_layers`` transformer blocks: the block whose constants a
+#: run uses and the loads write. The host writes it, with the block's scalar settings, before
+#: each block's run (:mod:`sim.model_job`).
+LAYER = Setting("layer", doc="transformer block whose constants the run uses and loads write "
+                             "(below max_layers)")
+
+
+def layer_part(m, ctl, config, depth):
+    """``(base, ok)`` of a memory of ``max_layers`` parts of ``depth`` words each: the first
+    address of the :data:`LAYER` setting's part, and whether the setting is in range (for the
+    stage's ``config_ok``)."""
+    layer = ctl.settings.layer
+    if config.max_layers == 1:
+        return 0, layer == 0
+    base = Signal(range(config.max_layers * depth), name="layer_base")
+    m.d.comb += base.eq(layer[:bits_for(config.max_layers)] * depth)
+    return base, layer < config.max_layers
 
 
 def token_gate(m, ctl, token_in):

@@ -15,13 +15,16 @@ Protocol:
 * **Run**: the host sets ``tokens`` and fires ``start``. The stage takes input beats while
   running until ``tokens`` tokens (beats with ``last``) have entered, so that beats of the next
   run wait for the next START; the run is DONE once ``tokens`` tokens have left on ``o``.
-  ``tokens = 0`` is a valid, empty run (DONE at once, no beat taken), so ``config`` is never
-  raised.
+  ``tokens = 0`` is a valid, empty run (DONE at once, no beat taken); ``config`` is raised only
+  by a ``layer`` at or past ``max_layers``.
+* **Layers**: the table holds ``max_layers`` parts, one per transformer block; the ``layer``
+  setting selects the part a run looks up and the loads write.
 * **Errors**: ``range``, sticky, when a lane of a taken beat lies outside ACT (the input field
   is int16; GELU's input is fc1's int8 output). The saturated value is looked up and the run
   goes on.
 
-Structure: one :class:`amaranth.lib.memory.Memory` (ACT entries, all 0 after reset) with one
+Structure: one :class:`amaranth.lib.memory.Memory` (``max_layers`` x ACT entries, all 0 after
+reset) with one
 write port and ``lanes`` synchronous read ports (an FPGA flow typically builds one copy of the
 table per pair of read ports).
 
@@ -36,7 +39,9 @@ from amaranth.lib.wiring import In, Out
 
 from golden import contract
 from hw import arith
-from hw.engine import Engine, EngineRegisters, Setting, finish_on_tokens, token_gate
+from hw.arith import bits_for
+from hw.engine import (LAYER, Engine, EngineRegisters, Setting, finish_on_tokens, layer_part,
+                       token_gate)
 from hw.linear_engine import activation_layout
 
 __all__ = ["REGISTERS", "TABLE_DEPTH", "gelu_load_layout", "GELU"]
@@ -47,10 +52,10 @@ TABLE_DEPTH = contract.ACT.max - contract.ACT.min + 1
 #: The GELU stage's registers (:mod:`hw.engine`).
 REGISTERS = EngineRegisters(
     "gelu",
-    settings=[Setting("tokens", doc="tokens in the run (DONE once all have left)")],
+    settings=[Setting("tokens", doc="tokens in the run (DONE once all have left)"), LAYER],
     errors=(("range", "an input value outside int8 (its saturated value was looked up)"),),
     counters=(("tokens_out", "tokens emitted"),),
-    pulses=(("reset_load", "restart the table load address at entry 0"),))
+    pulses=(("reset_load", "restart the layer's table load address at entry 0"),))
 
 
 def gelu_load_layout(config):
@@ -78,7 +83,7 @@ class GELU(Engine):
         Registers :data:`REGISTERS`.
 
     Errors: ``range`` (an input lane outside ACT; its saturated value is looked up).
-    ``config`` is never raised (any ``tokens`` is valid).
+    ``config``: a ``layer`` setting at or past ``max_layers`` (any ``tokens`` is valid).
 
     Throughput one beat per cycle, latency one cycle, under any back-pressure.
     """
@@ -96,9 +101,10 @@ class GELU(Engine):
     def elaborate(self, platform):
         m = Module()
         ctl = self.control(m)
+        base, layer_ok = layer_part(m, ctl, self._config, TABLE_DEPTH)
         m.submodules.table = table = Memory(shape=arith.shape_of(contract.ACT),
-                                            depth=TABLE_DEPTH, init=[])
-        self._loading(m, ctl, table)
+                                            depth=self._config.max_layers * TABLE_DEPTH, init=[])
+        self._loading(m, ctl, table, base, layer_ok)
 
         i, o = self.i, self.o
         advance = ~o.valid | o.ready
@@ -110,8 +116,8 @@ class GELU(Engine):
             x = i.payload.data[lane]
             rp = table.read_port()
             m.d.comb += [rp.en.eq(advance),
-                         rp.addr.eq((arith.saturate(x, contract.ACT) - contract.ACT.min)
-                                    [:len(rp.addr)]),
+                         rp.addr.eq(base + (arith.saturate(x, contract.ACT) - contract.ACT.min)
+                                    [:bits_for(TABLE_DEPTH)]),
                          o.payload.data[lane].eq(rp.data)]
             out_of_range = out_of_range | ~arith.fits(x, contract.ACT)
         m.d.comb += ctl.raise_error["range"].eq(take & out_of_range)
@@ -121,18 +127,20 @@ class GELU(Engine):
             for name, _ in o.payload.shape():
                 if name != "data":
                     m.d.sync += o.payload[name].eq(i.payload[name])
-        m.d.comb += ctl.config_ok.eq(1)
+        m.d.comb += ctl.config_ok.eq(layer_ok)
         finish_on_tokens(m, ctl, o)
         return m
 
-    def _loading(self, m, ctl, table):
-        """The table write port, fed by ``t_load`` while not running."""
+    def _loading(self, m, ctl, table, base, layer_ok):
+        """The table write port, fed by ``t_load`` while not running, into the ``layer``
+        setting's part."""
         addr = Signal(range(TABLE_DEPTH + 1))
         wp = table.write_port()
         load = self.t_load
         take = load.valid & load.ready
-        m.d.comb += [load.ready.eq(~ctl.running), wp.addr.eq(addr[:len(wp.addr)]),
-                     wp.data.eq(load.payload.data), wp.en.eq(take & (addr < TABLE_DEPTH))]
+        m.d.comb += [load.ready.eq(~ctl.running), wp.addr.eq(base + addr[:bits_for(TABLE_DEPTH)]),
+                     wp.data.eq(load.payload.data),
+                     wp.en.eq(take & (addr < TABLE_DEPTH) & layer_ok)]
         with m.If(ctl.pulse.reset_load):
             m.d.sync += addr.eq(0)
         with m.Elif(take & (addr < TABLE_DEPTH)):

@@ -41,7 +41,7 @@ from amaranth.lib.wiring import In, Out
 from golden import contract
 from hw import arith
 from hw.arith import bits_for, log2_exact
-from hw.engine import Engine, EngineRegisters, Setting, finish_on_tokens
+from hw.engine import LAYER, Engine, EngineRegisters, Setting, finish_on_tokens, layer_part
 from hw.linear_engine import activation_layout
 
 __all__ = ["REGISTERS", "LayerNorm", "RowStats", "ln_param_layout", "ln_param_words",
@@ -58,10 +58,11 @@ REGISTERS = EngineRegisters(
         Setting("tokens", doc="tokens in the run (DONE when all have left)"),
         Setting("mult", contract.REQ_MULT.bits, doc="output requantisation multiplier"),
         Setting("shift", contract.REQ_SHIFT.bits, doc="output requantisation shift"),
+        LAYER,
     ],
     errors=(("token", "a token's last beat came early or not at all"),),
     counters=(("tokens_out", "tokens emitted"),),
-    pulses=(("reset_load", "restart the parameter load address"),))
+    pulses=(("reset_load", "restart the layer's parameter load address"),))
 
 
 def ln_widths(config):
@@ -195,15 +196,18 @@ class LayerNorm(Engine):
         ctl = self.control(m)
         st = ctl.settings
         V, D = cfg.lanes, cfg.max_d
+        base, layer_ok = layer_part(m, ctl, cfg, D // V)
         m.d.comb += ctl.config_ok.eq((st.d >= V) & (st.d <= D) & (st.d[:log2_exact(V)] == 0)
-                                     & (st.tokens != 0))
+                                     & (st.tokens != 0) & layer_ok)
 
-        # Parameters survive START; only the datapath restarts.
-        m.submodules.params = params = Memory(shape=ln_param_layout(cfg), depth=D // V, init=[])
+        # Parameters (max_layers parts) survive START; only the datapath restarts.
+        m.submodules.params = params = Memory(shape=ln_param_layout(cfg),
+                                              depth=cfg.max_layers * D // V, init=[])
         p_addr = Signal(range(D // V))
         wp = params.write_port()
-        m.d.comb += [self.p_load.ready.eq(~ctl.running), wp.addr.eq(p_addr),
-                     wp.data.eq(self.p_load.payload), wp.en.eq(self.p_load.valid & ~ctl.running)]
+        m.d.comb += [self.p_load.ready.eq(~ctl.running), wp.addr.eq(base + p_addr),
+                     wp.data.eq(self.p_load.payload),
+                     wp.en.eq(self.p_load.valid & ~ctl.running & layer_ok)]
         with m.If(ctl.pulse.reset_load):
             m.d.sync += p_addr.eq(0)
         with m.Elif(wp.en):
@@ -216,7 +220,7 @@ class LayerNorm(Engine):
         wiring.connect(m, dp.o, wiring.flipped(self.o))
         m.d.comb += [dp.running.eq(ctl.running), dp.d.eq(st.d), dp.mult.eq(st.mult),
                      dp.shift.eq(st.shift),
-                     rp.addr.eq(dp.p_addr), rp.en.eq(dp.p_en), dp.p_data.eq(rp.data),
+                     rp.addr.eq(base + dp.p_addr), rp.en.eq(dp.p_en), dp.p_data.eq(rp.data),
                      ctl.raise_error.token.eq(dp.token_error)]
         finish_on_tokens(m, ctl, self.o)
         return m

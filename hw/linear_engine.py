@@ -15,13 +15,15 @@ chunk are masked off and their results dropped.
 
 Parameters arrive through two load streams while the engine is idle: ``w_load`` (weight words,
 see :func:`weight_words`) and ``c_load`` (per ``lanes`` channels: bias, requantisation
-multiplier and shift, see :func:`channel_words`). The shape, threshold and control bits are
-registers of :class:`hw.linear_engine.LinearEngine` (see :data:`REGISTERS`).
+multiplier and shift, see :func:`channel_words`). The buffers hold ``max_layers`` layers (one
+per transformer block); the ``layer`` setting selects the one a run uses and the loads write.
+The shape, threshold and control bits are registers of :class:`hw.linear_engine.LinearEngine`
+(see :data:`REGISTERS`).
 """
 
 from types import SimpleNamespace
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, stream
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out, connect
@@ -31,7 +33,7 @@ from hw import arith
 from hw.arith import bits_for, log2_exact
 from hw.bitmap_decoder import BitmapDecoder
 from hw.delta_encoder import DeltaEncoder, token_layout
-from hw.engine import Engine, EngineRegisters, Setting
+from hw.engine import LAYER, Engine, EngineRegisters, Setting, layer_part
 from hw.packing import pack_layout
 from hw.pe_array import PEClientSignature, Route
 
@@ -51,9 +53,11 @@ REGISTERS = EngineRegisters(
         Setting("mode", data.StructLayout({"delta_enable": 1, "wide": 1}),
                 init={"delta_enable": 1},
                 doc="delta_enable (0: dense baseline), wide (int16 outputs)"),
+        LAYER,
     ],
     errors=(("load", "a START before the weights and channel constants of the programmed "
-                     "shape were loaded (the run does not start; config is set too)"),
+                     "shape were loaded into the layer (the run does not start; config is set "
+                     "too)"),
             ("token", "a token's length disagreed with d_in (delta encoder)"),
             ("stream", "bitmap and value counts disagreed (bitmap decoder)"),
             ("overflow", "an accumulator or y = y_ref + acc left its format")),
@@ -62,7 +66,7 @@ REGISTERS = EngineRegisters(
               ("tokens_out", "tokens emitted"),
               ("pairs", "(index, value) pairs the PE array processed (per chunk)")),
     pulses=(("clear_refs", "forget every delta reference (each position's next token is dense)"),
-            ("reset_load", "restart the weight and channel-constant load addresses")))
+            ("reset_load", "restart the layer's weight and channel-constant load addresses")))
 
 
 def engine_limits(config):
@@ -233,33 +237,42 @@ class LinearEngine(Engine):
                      ns.chunks.eq((ns.slices + R - 1) >> log2_exact(R))]
         ns.shape_ok = Signal()
         ns.loaded = Signal()          # driven by _loading
+        ns.w_base, layer_ok = layer_part(m, ctl, cfg, w_depth)
+        ns.c_base, _ = layer_part(m, ctl, cfg, max_slices)
+        ns.layer_ok = Signal()
+        m.d.comb += ns.layer_ok.eq(layer_ok)
         m.d.comb += ns.shape_ok.eq(
             (st.d_in != 0) & (st.d_in[:log2_exact(E)] == 0) & (st.d_in <= max_d)
             & (st.d_out != 0) & (st.d_out[:log2_exact(V)] == 0) & (st.d_out <= max_out)
-            & (ns.chunks * ns.d_in <= w_depth))
+            & (ns.chunks * ns.d_in <= w_depth) & ns.layer_ok)
         m.d.comb += [ctl.config_ok.eq(ns.shape_ok & ns.loaded),
                      ctl.raise_error.load.eq(ctl.pulse.start & ns.shape_ok & ~ns.loaded)]
         return ns
 
     def _loading(self, m, ns):
-        """Weight and channel-constant buffers, written from ``w_load`` and ``c_load`` while
-        idle (``reset_load`` restarts the addresses)."""
+        """Weight and channel-constant buffers of ``max_layers`` parts, written from ``w_load``
+        and ``c_load`` while idle into the ``layer`` setting's part (``reset_load`` restarts
+        its addresses). Each part keeps its own fill level, so that a START checks that the
+        run's own layer was loaded."""
         cfg = self._config
-        R, V = cfg.rows, cfg.lanes
+        R, V, L = cfg.rows, cfg.lanes, cfg.max_layers
         running, reset_load = ns.ctl.running, ns.ctl.pulse.reset_load
+        layer = ns.ctl.settings.layer[:arith.bits_for(L)]
         ns.w_mems = []
         for r in range(R):
             mem = Memory(shape=data.ArrayLayout(arith.shape_of(contract.WEIGHT), V),
-                         depth=ns.w_depth, init=[])
+                         depth=L * ns.w_depth, init=[])
             m.submodules[f"weights_{r}"] = mem
             ns.w_mems.append(mem)
         w_row = Signal(range(R))
-        w_addr = Signal(range(ns.w_depth + 1))
-        w_take = self.w_load.valid & self.w_load.ready
+        w_fill = Array(Signal(range(ns.w_depth + 1), name=f"w_fill_{n}") for n in range(L))
+        c_fill = Array(Signal(range(ns.max_slices + 1), name=f"c_fill_{n}") for n in range(L))
+        w_addr, c_addr = w_fill[layer], c_fill[layer]
+        w_take = self.w_load.valid & self.w_load.ready & ns.layer_ok
         m.d.comb += self.w_load.ready.eq(~running)
         for r, mem in enumerate(ns.w_mems):
             wp = mem.write_port()
-            m.d.comb += [wp.addr.eq(w_addr), wp.data.eq(self.w_load.payload.data),
+            m.d.comb += [wp.addr.eq(ns.w_base + w_addr), wp.data.eq(self.w_load.payload.data),
                          wp.en.eq(w_take & (w_row == r) & (w_addr < ns.w_depth))]
         with m.If(reset_load):
             m.d.sync += [w_row.eq(0), w_addr.eq(0)]
@@ -268,21 +281,20 @@ class LinearEngine(Engine):
             with m.If((w_row == R - 1) & (w_addr < ns.w_depth)):     # saturates: no wrap
                 m.d.sync += w_addr.eq(w_addr + 1)
 
-        ns.c_mem = c_mem = Memory(shape=self.c_load.payload.shape(), depth=ns.max_slices,
+        ns.c_mem = c_mem = Memory(shape=self.c_load.payload.shape(), depth=L * ns.max_slices,
                                   init=[])
         m.submodules.channels = c_mem
-        c_addr = Signal(range(ns.max_slices + 1))
         c_wp = c_mem.write_port()
-        c_take = self.c_load.valid & self.c_load.ready
-        m.d.comb += [self.c_load.ready.eq(~running), c_wp.addr.eq(c_addr),
+        c_take = self.c_load.valid & self.c_load.ready & ns.layer_ok
+        m.d.comb += [self.c_load.ready.eq(~running), c_wp.addr.eq(ns.c_base + c_addr),
                      c_wp.data.eq(self.c_load.payload),
                      c_wp.en.eq(c_take & (c_addr < ns.max_slices))]
         with m.If(reset_load):
             m.d.sync += c_addr.eq(0)
         with m.Elif(c_take & (c_addr < ns.max_slices)):
             m.d.sync += c_addr.eq(c_addr + 1)
-        # Loaded since the last reset_load: every weight row of the shape's chunks and the
-        # constants of every output slice.
+        # The layer is loaded since its last reset_load: every weight row of the shape's
+        # chunks and the constants of every output slice.
         m.d.comb += ns.loaded.eq((w_addr >= ns.chunks * ns.d_in) & (c_addr >= ns.slices))
 
     def _pair_buffer(self, m, ns):
@@ -380,7 +392,8 @@ class LinearEngine(Engine):
                     m.d.comb += pair.eq(pair_rp[q].data)
         w_rps = [mem.read_port() for mem in ns.w_mems]
         for rp in w_rps:
-            m.d.comb += [rp.addr.eq(s1.chunk * ns.d_in + pair.index), rp.en.eq(adv)]
+            m.d.comb += [rp.addr.eq(ns.w_base + s1.chunk * ns.d_in + pair.index),
+                         rp.en.eq(adv)]
         with m.If(adv):
             m.d.sync += [s2.eq(s1), s2.value.eq(pair.value)]
         # The slot is freed when S0 leaves it; its tag travels with the beats (the writer
@@ -425,7 +438,7 @@ class LinearEngine(Engine):
         o0 = res.valid & tags.r_rdy
         m.d.comb += [res.ready.eq(o_adv & tags.r_rdy), tags.r_en.eq(o0 & o_adv & row.last)]
         m.d.comb += [y_rp.addr.eq(tag.pos * ns.max_slices + slice_), y_rp.en.eq(o_adv),
-                     c_rp.addr.eq(slice_), c_rp.en.eq(o_adv)]
+                     c_rp.addr.eq(ns.c_base + slice_), c_rp.en.eq(o_adv)]
         o1 = Signal(data.StructLayout({
             "valid": 1, "keep": 1, "last": 1, "dense": 1, "ovf": 1,
             "raw": data.ArrayLayout(acc_shape, V), "addr": len(y_rp.addr)}))

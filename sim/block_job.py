@@ -41,8 +41,12 @@ class BlockJob:
 
     Attributes
     ----------
-    setup : list
-        Plan setup steps (register writes and loads of every stage, then the starts).
+    loads : list
+        Plan steps that load the block's constants (weights, channel constants, LayerNorm
+        parameters, GELU table) into its layer of every stage that holds them.
+    program : list
+        Plan steps that program every stage for the run (the block's layer, shapes, scalar
+        constants) and start them; :attr:`setup` is ``loads + program``.
     inputs : list of (port, beats)
     expected : list of dict
         ``o`` beats (the block's RESID output).
@@ -55,7 +59,8 @@ class BlockJob:
     """
     name: str
     config: object
-    setup: list
+    loads: list
+    program: list
     inputs: list
     expected: list
     stages: dict
@@ -64,6 +69,10 @@ class BlockJob:
     predictor: object
     out: torch.Tensor
     trace: dict = field(default_factory=dict)
+
+    @property
+    def setup(self):
+        return self.loads + self.program
 
     @property
     def ideal_cycles(self):
@@ -83,28 +92,30 @@ class BlockJob:
         return {**{p: j.ideal_cycles for p, j in self.linear.items()},
                 "predict": self.predictor.ideal_cycles, "attention": self.attention.ideal_cycles}
 
-    def plan(self, *, timeout=None):
+    def plan(self, *, timeout=None, load=True):
+        """The run as a :class:`sim.driver.Plan`; ``load=False`` leaves out the loads (the
+        block's layer is already loaded)."""
         if timeout is None:
             timeout = int(3 * self.ideal_cycles) + 50_000
-        return Plan(name=self.name, setup=self.setup, inputs=self.inputs,
+        return Plan(name=self.name, setup=self.setup if load else self.program,
+                    inputs=self.inputs,
                     outputs=[("o", self.expected)], counters=self.stages,
                     done=list(self.stages), timeout=timeout)
 
 
-def _ln_setup(config, stage, ln, tokens):
-    return [("pulse", stage, ("reset_load", "clear_error")),
-            ("load", stage + ".p_load", ln_param_words(config, ln.gamma.tolist(),
-                                                      ln.beta.tolist())),
+def _ln_program(block, stage, ln, tokens):
+    return [("pulse", stage, ("clear_error",)), ("write", stage, "layer", block),
             ("write", stage, "d", len(ln.gamma)), ("write", stage, "tokens", tokens),
             ("write", stage, "mult", ln.mult), ("write", stage, "shift", ln.shift)]
 
 
-def block_job(config, blk, xs, n_s, *, tau, rho, delta_enable=True, name="block"):
+def block_job(config, blk, xs, n_s, *, tau, rho, delta_enable=True, name="block", block=0):
     """A job for the integer block ``blk`` (:class:`golden.intvidt.IntBlock`) on sequences
     ``xs`` (each ``[N, d]`` RESID, frame-major tokens of ``n_s`` positions per frame; ``N`` a
     multiple of ``n_s`` when there are several), delta threshold ``tau`` on all four
-    projections and sub-vector keep ratio ``rho`` (1: dense attention);
-    ``delta_enable=False`` runs the projections as the dense baseline."""
+    projections and sub-vector keep ratio ``rho`` (1: dense attention), its constants in the
+    stages' part ``block`` (their ``layer`` setting); ``delta_enable=False`` runs the
+    projections as the dense baseline."""
     n = xs[0].shape[0]
     if any(x.shape[0] != n for x in xs) or (len(xs) > 1 and n % n_s):
         raise ValueError("Sequences of one job need one length, a multiple of n_s when several")
@@ -119,7 +130,7 @@ def block_job(config, blk, xs, n_s, *, tau, rho, delta_enable=True, name="block"
     def linear(layer_name, inp):
         job = job_from_layer(config, getattr(blk, layer_name), inp, frame, spatial, n_s,
                              tau=tau, delta_enable=delta_enable,
-                             name="{}/{}".format(name, layer_name))
+                             name="{}/{}".format(name, layer_name), block=block)
         jobs[layer_name] = job
         return job.outputs
 
@@ -145,26 +156,36 @@ def block_job(config, blk, xs, n_s, *, tau, rho, delta_enable=True, name="block"
         _check_against_intblock(blk, x, x2, n_s, tau if delta_enable else None, rho,
                                 config.lanes)
 
-    setup = [("pulse", "frame", ("clear_error",)), ("write", "frame", "d", x.shape[1]),
-             ("write", "frame", "tokens", total)]
-    setup += _ln_setup(config, "ln1", blk.norm1, total) + _ln_setup(config, "ln2", blk.norm2,
-                                                                    total)
+    # Loads: the constants of the block's layer (block) in every stage that holds them. The
+    # layer setting goes first: reset_load restarts the load address of its part.
+    beats = {**{(ln, "p_load"): ln_param_words(config, norm.gamma.tolist(), norm.beta.tolist())
+                for ln, norm in (("ln1", blk.norm1), ("ln2", blk.norm2))},
+             **{(p, port): getattr(jobs[p], what) for p in PROJECTIONS
+                for port, what in (("w_load", "weights"), ("c_load", "channels"))},
+             ("gelu", "t_load"): [{"data": v} for v in blk.gelu]}
+    loads = []
+    for stage in dict.fromkeys(stage for stage, _ in beats):
+        loads += [("write", stage, "layer", block), ("pulse", stage, ("reset_load",))]
+        loads += [("load", stage + "." + port, b) for (st, port), b in beats.items()
+                  if st == stage]
+    program = [("pulse", "frame", ("clear_error",)), ("write", "frame", "d", x.shape[1]),
+               ("write", "frame", "tokens", total)]
+    program += _ln_program(block, "ln1", blk.norm1, total) + _ln_program(block, "ln2", blk.norm2,
+                                                                          total)
     for p in PROJECTIONS:
-        setup += jobs[p].setup(p) + [("write", p + "_in", "positions", n_s),
-                                     ("write", p + "_in", "tokens", total)]
-    setup += [("write", "predict", r, v) for r, v in pred.registers]
-    setup += [("write", "attention", r, v) for r, v in att.registers]
-    setup += [("write", "transpose", "tokens", n), ("write", "transpose", "heads", heads),
-              ("write", "transpose", "sequences", len(xs))]
-    setup += [("pulse", "gelu", ("reset_load",)),
-              ("load", "gelu.t_load", [{"data": v} for v in blk.gelu]),
-              ("write", "gelu", "tokens", total)]
-    setup += [("write", r, "tokens", total) for r in ("res1", "res2")]
+        program += jobs[p].setup(p, load=False) + [("write", p + "_in", "positions", n_s),
+                                                   ("write", p + "_in", "tokens", total)]
+    program += [("write", "predict", r, v) for r, v in pred.registers]
+    program += [("write", "attention", r, v) for r, v in att.registers]
+    program += [("write", "transpose", "tokens", n), ("write", "transpose", "heads", heads),
+                ("write", "transpose", "sequences", len(xs))]
+    program += [("write", "gelu", "layer", block), ("write", "gelu", "tokens", total)]
+    program += [("write", r, "tokens", total) for r in ("res1", "res2")]
     stages = _expected_counters(jobs, pred, att, total)
     # Last stage first: its cycles then span the whole run (the output stage's START to DONE,
     # every other START included), the block's cycle count.
-    setup += [("start", s, True) for s in reversed(list(stages))]
-    return BlockJob(name=name, config=config, setup=setup,
+    program += [("start", s, True) for s in reversed(list(stages))]
+    return BlockJob(name=name, config=config, loads=loads, program=program,
                     inputs=[("i", activation_beats(config, x))],
                     expected=activation_beats(config, x2), stages=stages, linear=jobs,
                     attention=att, predictor=pred, out=x2)

@@ -59,23 +59,28 @@ class LinearJob:
     def ideal_cycles(self):
         return self.mac_lanes / self.config.macs_per_cycle
 
-    def setup(self, stage, *, pulses=("clear_refs", "reset_load", "clear_error")):
-        """The plan steps that program and load stage ``stage`` (no start)."""
-        return ([("pulse", stage, pulses)]
-                + [("write", stage, r, v) for r, v in self.registers]
-                + [("load", stage + ".w_load", self.weights),
-                   ("load", stage + ".c_load", self.channels)])
+    def setup(self, stage, *, pulses=("clear_refs", "reset_load", "clear_error"), load=True):
+        """The plan steps that program and load stage ``stage`` (no start); ``load=False``
+        only programs it (its layer's weights and constants are already loaded)."""
+        if not load:
+            pulses = tuple(p for p in pulses if p != "reset_load")
+        # The settings first: reset_load restarts the load addresses of the layer setting's
+        # part.
+        return ([("write", stage, r, v) for r, v in self.registers]
+                + [("pulse", stage, pulses)]
+                + ([("load", stage + ".w_load", self.weights),
+                    ("load", stage + ".c_load", self.channels)] if load else []))
 
     def counters(self):
         """The counters the run must end with (``None``: read, not checked)."""
         return {"cycles": None, "busy": None, "mac_lanes": self.mac_lanes, "pairs": self.pairs,
                 "tokens_out": self.n_tokens}
 
-    def plan(self, stage="linear", *, tokens=None, timeout=20_000):
+    def plan(self, stage="linear", *, tokens=None, timeout=20_000, load=True):
         """This job as a :class:`sim.driver.Plan` for a top whose stage ``stage`` is the
         linear engine and whose ``i``/``o`` are its streams (``tokens`` replaces the input
-        beats, e.g. malformed ones)."""
-        return Plan(name=self.name, setup=self.setup(stage) + [("start", stage, True)],
+        beats, e.g. malformed ones; ``load=False`` runs on the weights already loaded)."""
+        return Plan(name=self.name, setup=self.setup(stage, load=load) + [("start", stage, True)],
                     inputs=[("i", self.tokens if tokens is None else tokens)],
                     outputs=[("o", self.expected)], counters={stage: self.counters()},
                     done=[stage], timeout=timeout)
@@ -94,9 +99,10 @@ def _token_beats(config, x, spatial):
 
 
 def job_from_layer(config, layer, x, frame, spatial, n_s, *, tau, delta_enable=True,
-                   name="layer"):
+                   name="layer", block=0):
     """A job for the integer linear layer ``layer`` (:class:`golden.intvidt.QLinear`) on
-    tokens ``x`` ``[N, in]`` with their frames and positions.
+    tokens ``x`` ``[N, in]`` with their frames and positions, held in the engine's part
+    ``block`` (its ``layer`` setting).
 
     ``delta_enable=False`` is the dense baseline: every token dense, every element sent.
     """
@@ -119,7 +125,8 @@ def job_from_layer(config, layer, x, frame, spatial, n_s, *, tau, delta_enable=T
     if layer.out_fmt not in (contract.ACT, contract.RESID):
         raise ValueError("The engine outputs int8 or int16, not {}".format(layer.out_fmt))
     registers = [("d_in", d_in), ("d_out", d_out), ("tokens", x.shape[0]),
-                 ("tau", 0 if tau is None else tau), ("mode", int(delta_enable) | wide << 1)]
+                 ("tau", 0 if tau is None else tau), ("mode", int(delta_enable) | wide << 1),
+                 ("layer", block)]
     return LinearJob(
         name=name, config=config, registers=registers,
         weights=weight_words(config, layer.weight.tolist()),

@@ -10,6 +10,8 @@ Environment (set by ``tests/test_cosim_block.py`` or ``sim.bench_block``):
 
 ``RTSA_CLIPS``     comma-separated test-split clip indices, one sequence each
 ``RTSA_BLOCK``     block index (default 0)
+``RTSA_DEPTH``     blocks run back to back from ``RTSA_BLOCK`` = 0 (default 1; more: every
+                 block's constants in its own layer, :func:`sim.model_job.blocks_job`)
 ``RTSA_TOKENS``    tokens of each sequence (frame-major prefix; default: all)
 ``RTSA_TAU``       delta threshold of the four projections
 ``RTSA_RHO``       sub-vector keep ratio (1: dense attention)
@@ -30,6 +32,7 @@ from golden.sparse import SparseExecution
 from golden.subvector import SubvectorAttention
 from hw.block import Block
 from sim.block_job import block_job
+from sim.model_job import blocks_job
 from sim.driver import settings_from_env
 from sim.runner import config_from_env
 from sim.streams import input_ports, run_cocotb_plan, start_clock_and_reset
@@ -37,7 +40,7 @@ from sim.streams import input_ports, run_cocotb_plan, start_clock_and_reset
 
 def block_inputs(clips, block, *, tau, rho, lanes):
     """The RESID tokens entering ``block`` of each test clip (``[N, d]`` each), the blocks
-    before it run under the same sparse execution; and the model's ``(IntBlock, n_s)``."""
+    before it run under the same sparse execution; and the model's ``(IntVidT, n_s)``."""
     q = benchmark.int_model()
     videos, _ = benchmark.clips(max(clips) + 1)
     xs = []
@@ -49,7 +52,7 @@ def block_inputs(clips, block, *, tau, rho, lanes):
         for i in range(block):
             x, _ = q.blocks[i].forward(x, run, i, tokens)
         xs.append(x[0])
-    return q.blocks[block], q.cfg.n_s, xs
+    return q, q.cfg.n_s, xs
 
 
 def job_from_env(cfg):
@@ -58,12 +61,20 @@ def job_from_env(cfg):
     tau = int(os.environ["RTSA_TAU"])
     rho = float(os.environ["RTSA_RHO"])
     dense = os.environ.get("RTSA_DENSE", "0") == "1"
-    blk, n_s, xs = block_inputs(clips, block, tau=tau, rho=rho, lanes=cfg.lanes)
+    depth = int(os.environ.get("RTSA_DEPTH", "1"))
+    q, n_s, xs = block_inputs(clips, block, tau=tau, rho=rho, lanes=cfg.lanes)
     tokens = int(os.environ.get("RTSA_TOKENS", "0")) or xs[0].shape[0]
     xs = [x[:tokens] for x in xs]
     name = "block{}/{}x{}/tau{}/rho{:g}{}".format(block, len(xs), tokens, tau, rho,
                                                   "/dense" if dense else "")
-    return block_job(cfg, blk, xs, n_s, tau=tau, rho=rho, delta_enable=not dense, name=name)
+    if depth > 1:
+        if block:
+            raise ValueError("RTSA_DEPTH > 1 runs from block 0, not RTSA_BLOCK={}".format(block))
+        return blocks_job(cfg, q, xs, n_s, tau=tau, rho=rho, depth=depth,
+                          delta_enable=not dense, name="blocks0-{}/{}x{}".format(
+                              depth - 1, len(xs), tokens))
+    return block_job(cfg, q.blocks[block], xs, n_s, tau=tau, rho=rho, delta_enable=not dense,
+                     name=name)
 
 
 @cocotb.test()
@@ -73,12 +84,19 @@ async def block_matches_golden(dut):
     top = Block(cfg)
     await start_clock_and_reset(dut, idle=input_ports(top))
     job = job_from_env(cfg)
-    res = await run_cocotb_plan(dut, top, job.plan(), seed=env["seed"], stall=env["stall"])
-    dut._log.info("%s: %s cycles (ideal %.0f)", job.name, res["counters"]["res2"]["cycles"],
-                  job.ideal_cycles)
+    jobs = getattr(job, "blocks", [job])
+    plans = job.plans() if hasattr(job, "plans") else [job.plan()]
+    results = []
+    for k, (blk_job, plan) in enumerate(zip(jobs, plans)):
+        res = await run_cocotb_plan(dut, top, plan, seed=env["seed"] + 1000 * k,
+                                    stall=env["stall"])
+        dut._log.info("%s: %s cycles (ideal %.0f)", blk_job.name,
+                      res["counters"]["res2"]["cycles"], blk_job.ideal_cycles)
+        results.append(dict(job=blk_job.name, ideal_cycles=blk_job.ideal_cycles,
+                            load_beats=blk_job.load_beats,
+                            stage_ideal_cycles=blk_job.stage_ideal_cycles(),
+                            counters=res["counters"]))
     if env["results"]:
         with open(env["results"], "w") as f:
-            json.dump(dict(job=job.name, ideal_cycles=job.ideal_cycles,
-                           load_beats=job.load_beats,
-                           stage_ideal_cycles=job.stage_ideal_cycles(),
-                           counters=res["counters"]), f, indent=1)
+            json.dump(results[0] if len(results) == 1 else dict(job=job.name, blocks=results),
+                      f, indent=1)

@@ -2,9 +2,10 @@
 
 Block 0 of held-out clip 0, with the exported sub-vector masks (rho = 0.5) and dense, with
 random valid/ready stalls, bit-exact against the golden model; the engine's MAC and sub-vector
-counters must equal the golden model's performed work exactly. Verilator runs the whole
-392-token layer (checked against the exported trace itself); Icarus (event driven) a prefix of
-the first frame and a bit, recomputed by the golden model on that prefix.
+counters must equal the golden model's performed work exactly. Verilator runs the first two
+frames (98 tokens), Icarus (event driven) the first frame and a query block, each prefix
+recomputed by the golden model. ``make bench`` runs the whole 392-token layers of every block
+under Verilator, bit-exact too (the whole layer here took 116 s of a 2-core CI run).
 """
 
 import pytest
@@ -17,7 +18,7 @@ TAU = 4
 RHO = 0.5
 
 #: Per simulator: tokens (0: all 392) and modes.
-WORKLOAD = {"icarus": (57, "sparse,dense"), "verilator": (0, "sparse")}
+WORKLOAD = {"icarus": (57, "sparse,dense"), "verilator": (98, "sparse")}
 
 
 @pytest.mark.cosim

@@ -43,18 +43,19 @@ def expected(beats, table):
     return [{"data": v, "last": b["last"]} for v, b in zip(y, beats)]
 
 
-def simulate(runs, beats, seed, *, stall=0.0, limit=50_000):
+def simulate(runs, beats, seed, *, stall=0.0, limit=50_000, config=CFG):
     """Run ``runs`` in order on one fresh stage; ``beats`` is the whole input stream, offered
     from the first cycle on (the stage must take each run's beats only after its START).
 
-    A run is a dict: ``tokens``, ``want`` (its output beat count), optionally ``table``
+    A run is a dict: ``tokens``, ``want`` (its output beat count), optionally ``layer`` (written
+    first), ``table``
     (entries loaded before its START, after a ``reset_load`` pulse if ``reset_load``),
     ``clear_error`` and ``poke_load`` (offer a ``t_load`` beat for the first 4 cycles of the
     run; ``"poked_load_taken"`` says how many were taken). Returns, per run, ``{"beats",
     "status", "tokens_out", "cycles", "fired_in", "fired_out"}`` (the handshake counts when
     DONE was first read, input counted again 8 cycles later). A watchdog fails a run that
     hangs; every failure names the seed."""
-    dut = GELU(CFG)
+    dut = GELU(config)
     sim = Simulator(dut)
     sim.add_clock(1e-8)
     rng = random.Random(seed)
@@ -69,6 +70,8 @@ def simulate(runs, beats, seed, *, stall=0.0, limit=50_000):
     async def host(ctx):
         regs = REGISTERS
         for k, run in enumerate(runs):
+            if "layer" in run:
+                await csr_write(ctx, dut.csr, regs.addr("layer"), run["layer"])
             if run.get("clear_error"):
                 await csr_write(ctx, dut.csr, regs.addr("ctrl"), regs.ctrl("clear_error"))
             if "table" in run:
@@ -176,6 +179,24 @@ def test_every_input_of_every_table_with_reloads(stall):
     results = simulate(runs, sum(per_run, []), seed, stall=stall)
     for name, beats, res in zip(names, per_run, results):
         check_run(res, expected(beats, TABLES[name]), seed, what="table {} beat".format(name))
+
+
+def test_layers_hold_their_own_tables():
+    """``max_layers`` 3: tables ``a`` and ``b`` loaded into layers 0 and 2, then runs on
+    layers 2, 0, 2 without reloading, each exhaustive: every run looks up its own layer's
+    table (a loaded layer survives loads into another)."""
+    seed = SEED + 31
+    rng = random.Random(seed)
+    cfg = CFG.replace(max_layers=3, name="ew_l3")
+    order = [(0, "a", True), (2, "b", True), (2, "b", False), (0, "a", False), (2, "b", False)]
+    per_run = [every_input(rng, (4,)) for _ in order]
+    runs = [{"layer": layer, **({"table": TABLES[name], "reset_load": True} if load else {}),
+             "want": len(beats), "tokens": sum(b["last"] for b in beats)}
+            for (layer, name, load), beats in zip(order, per_run)]
+    results = simulate(runs, sum(per_run, []), seed, stall=0.2, config=cfg)
+    for (layer, name, _), beats, res in zip(order, per_run, results):
+        check_run(res, expected(beats, TABLES[name]), seed,
+                  what="layer {} table {} beat".format(layer, name))
 
 
 def test_full_rate_without_stalls():

@@ -32,11 +32,12 @@ def expected(cfg, rows, gamma, beta, mult, shift):
     return beats_of(cfg, out)
 
 
-def plan(cfg, rows, gamma, beta, mult, shift, *, inputs=None, want=None, name="ln"):
+def plan(cfg, rows, gamma, beta, mult, shift, *, inputs=None, want=None, name="ln", layer=0,
+         load=True):
     d = len(gamma)
-    return Plan(name, setup=[
-        ("pulse", "ln", ("reset_load",)),
-        ("load", "ln.p_load", ln_param_words(cfg, gamma, beta)),
+    loading = [("pulse", "ln", ("reset_load",)),
+               ("load", "ln.p_load", ln_param_words(cfg, gamma, beta))] if load else []
+    return Plan(name, setup=[("write", "ln", "layer", layer)] + loading + [
         ("write", "ln", "d", d), ("write", "ln", "tokens", len(rows)),
         ("write", "ln", "mult", mult), ("write", "ln", "shift", shift),
         ("start", "ln", True)],
@@ -129,6 +130,27 @@ def test_framing_errors_recover_and_the_next_run_is_exact():
     regs = LayerNorm.registers
     st = regs.status(res["status"]["ln"])
     assert st.done and st.errors.token and not st.errors.config, regs.describe(st.as_value())
+
+
+def test_layers_hold_their_own_parameters():
+    """``max_layers`` 2: parameters loaded into layers 1 and 0, then runs on layers 1, 0 and 1
+    again without reloading, each exact with its own gamma and beta; a START with ``layer`` =
+    ``max_layers`` is refused (``config``) and the next run is exact."""
+    rng = random.Random(SEED + 77)
+    cfg = CFG.replace(max_layers=2, name="ln16_l2")
+    params = [random_params(rng, 16) for _ in range(2)]
+    rows = [[rng.randint(-2000, 2000) for _ in range(16)] for _ in range(3)]
+
+    def run(layer, load):
+        return plan(cfg, rows, *params[layer], 40000, 23, layer=layer, load=load,
+                    name="layer{}".format(layer))
+    refused = Plan("bad layer", setup=[
+        ("write", "ln", "layer", 2), ("start", "ln", False), ("status", "ln", "bad"),
+        ("pulse", "ln", ("clear_error",))])
+    plans = [run(1, True), run(0, True), run(1, False), refused, run(0, False)]
+    results = run_amaranth_plans(top(cfg), plans, seed=SEED, stall=0.2)
+    st = LayerNorm.registers.status(results[3]["seen"]["bad"])
+    assert st.errors.config and not st.running, LayerNorm.registers.describe(st.as_value())
 
 
 @pytest.mark.parametrize("d,tokens", [(0, 1), (6, 1), (20, 1), (8, 0)])

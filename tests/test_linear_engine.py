@@ -208,3 +208,32 @@ def test_a_start_before_the_weights_are_loaded_is_refused_then_a_loaded_run_is_e
         assert st.errors.load and st.errors.config and not st.running, \
             (missing, REGISTERS.describe(res["seen"]["after_start"]))
         assert not res["seen"]["i_ready"], "a refused run must not take tokens"
+
+
+def test_layers_hold_their_own_weights_and_a_bad_layer_is_refused():
+    """Two layers' weights and constants on one engine (``max_layers`` 2): each run uses its
+    ``layer`` setting's part, loading layer 1 leaves layer 0 intact (run again without a
+    load), a START on an unloaded layer raises ``load``, ``layer`` = ``max_layers`` raises
+    ``config``; the next good run is exact."""
+    from sim.driver import run_amaranth_plans
+    cfg = CONFIGS["r2v4k2"].replace(max_layers=2, name="r2v4k2_l2")
+    rng = random.Random(SEED + 411)
+    d_in = 2 * cfg.bitmap_word
+    x, frame, spatial = random_tokens(rng, n_t=2, n_s=2, d_in=d_in, change=0.5)
+    jobs = [job_from_layer(cfg, random_layer(rng, cfg.lanes * cfg.rows, d_in), x, frame,
+                           spatial, 2, tau=2, block=b, name=f"layer{b}") for b in (0, 1)]
+    assert not torch.equal(jobs[0].outputs, jobs[1].outputs)
+
+    def refused(layer, what):
+        return Plan(name=what, setup=[("write", "linear", r, v) for r, v in jobs[1].registers] + [
+            ("pulse", "linear", ("clear_error",)), ("write", "linear", "layer", layer),
+            ("start", "linear", False), ("status", "linear", what), ("ready", "i", what + "_i"),
+            ("pulse", "linear", ("clear_error",))])
+    plans = [refused(1, "unloaded"), jobs[0].plan(), jobs[1].plan(), jobs[0].plan(load=False),
+             refused(2, "bad_layer"), jobs[1].plan(load=False)]
+    results = run_amaranth_plans(LinearTop(cfg), plans, seed=SEED, stall=0.2)
+    for k, what, error in ((0, "unloaded", "load"), (4, "bad_layer", "config")):
+        seen = results[k]["seen"]
+        st = REGISTERS.status(seen[what])
+        assert st.errors[error] and not st.running, (what, REGISTERS.describe(seen[what]))
+        assert not seen[what + "_i"], "a refused run must not take tokens"
