@@ -43,6 +43,7 @@ __all__ = [
     "RESID", "EXP2_FRAC_BITS", "EXP2_LUT", "EXP2_ONE", "SOFTMAX_RECIP_BITS", "PROB_FRAC_BITS",
     "LN_FRAC_BITS", "LN_RECIP_BITS", "LN_BETA", "div_half_up", "exp2_neg", "softmax_row",
     "layernorm_row", "gelu_table", "real_to_int", "pooled_sum_format", "predictor_score_format",
+    "sta_key_sum_format", "sta_activation_format",
 ]
 
 
@@ -299,6 +300,18 @@ def pooled_sum_format(group):
     """Sum of ``group`` ACT values, the sub-vector predictor's pooled-query numerator (the pooled
     query itself, its :func:`div_half_up` mean, is ACT again)."""
     return IntFormat(ACT.bits + ceil_log2(group))
+
+
+def sta_key_sum_format(heads):
+    """STA report: a key channel summed over ``heads`` heads (int8 keys), exact; the pruning
+    metric's head mean is this sum over ``heads`` (:func:`golden.sta.key_metric`)."""
+    return IntFormat(ACT.bits + ceil_log2(heads))
+
+
+def sta_activation_format(d):
+    """STA report: ``sum |x|`` over the ``d`` RESID channels of a token, exact
+    (:func:`golden.sta.activation`)."""
+    return IntFormat((d * -RESID.min).bit_length(), signed=False)
 
 
 def predictor_score_format(head_dim):

@@ -74,7 +74,8 @@ from dataclasses import dataclass, field
 import torch
 
 __all__ = [
-    "stage_blocks", "key_metric", "activation", "minmax_normalise", "cosine", "transition",
+    "stage_blocks", "key_metric", "key_metric_from_sum", "activation", "minmax_normalise",
+    "cosine", "transition",
     "bipartite_keep", "keep_smallest", "StageRecord", "STAPruner", "forward_float_sta",
     "forward_int_sta",
 ]
@@ -113,7 +114,14 @@ def key_metric(keys: torch.Tensor) -> torch.Tensor:
         float64 ``[B, N, head_dim]`` unit vectors (zero where the mean key is zero).
     """
     k = keys.to(_F64)
-    mean = _ordered_sum(k, 1) / k.shape[1]
+    return key_metric_from_sum(_ordered_sum(k, 1), k.shape[1])
+
+
+def key_metric_from_sum(key_sum: torch.Tensor, heads: int) -> torch.Tensor:
+    """:func:`key_metric` from the keys summed over ``heads`` heads (``[B, N, head_dim]``,
+    what the chip's STA report gives, :class:`hw.sta_report.KeyReport`): for integer keys the
+    float64 head sum is exact, so both give the same bits."""
+    mean = key_sum.to(_F64) / heads
     norm = torch.sqrt(_ordered_sum(mean * mean, -1))
     # A zero key has no direction: keep it zero (cosine 0) instead of 0/0 = NaN.
     safe = torch.where(norm > 0, norm, torch.ones_like(norm))

@@ -2,14 +2,16 @@
 
 ::
 
-    x (RESID) -> frame -+-> ln1 -> qkv_in -> qkv -> predict -> attention -> transpose ->
-                        |                                                              |
-                        |    ,---------------------------------------------------------'
-                        |    `-> proj_in -> proj -> res1 -+->
-                        `----- skip (sequences) -----'    |
-       ,--------------------------------------------------'
-       `-+-> ln2 -> fc1_in -> fc1 -> gelu -> fc2_in -> fc2 -> res2 -> o (RESID)
-         `------------------- skip (tokens) -------------'
+    x (RESID) -> frame -+-> ln1 -> qkv_in -> qkv -> sta_keys -> predict -> attention ->
+                        |                               |                            |
+                        |                     sta_keys.keys (STA report)             |
+                        |    ,-------------------------------------------------------'
+                        |    `-> transpose -> proj_in -> proj -> res1 -+->
+                        `----- skip (sequences) ---------------------'  |
+       ,----------------------------------------------------------------'
+       `-+-> ln2 -> fc1_in -> fc1 -> gelu -> fc2_in -> fc2 -> res2 -> sta_act -> o (RESID)
+         `------------------- skip (tokens) -------------'               |
+                                                               sta_act.act (STA report)
 
     predict.masks -> attention.masks (inside)
 
@@ -24,7 +26,9 @@ and the two residual adds (:class:`hw.residual.ResidualAdd`, fed by the pipeline
 behind a :class:`hw.framer.Framer` that makes every input token ``d / lanes`` beats long, so
 that a malformed token cannot leave the two sides of a residual a beat apart). ``*_in`` stages
 (:class:`hw.to_tokens.ToTokens`) pack activation beats into the projections' token beats and
-number the positions.
+number the positions (``t mod positions``, or a loaded list for the ragged token sets STA
+pruning leaves). ``sta_keys`` and ``sta_act`` (:mod:`hw.sta_report`) report, in a stage block,
+what the host's STA selection needs: each token's keys summed over heads and its ``sum |x|``.
 
 Every matrix product is a vector-scalar product on the one :class:`hw.pe_array.PEArray`: the
 four projections, the predictor and attention are its six clients
@@ -50,6 +54,7 @@ from hw.linear_engine import LinearEngine
 from hw.pipeline import Pipeline
 from hw.predictor import Predictor
 from hw.residual import ResidualAdd
+from hw.sta_report import ActReport, KeyReport
 from hw.to_tokens import ToTokens
 from hw.transpose import Transpose
 
@@ -64,6 +69,7 @@ def _stages(config):
         ("frame", Framer(config)),
         ("ln1", LayerNorm(config)),
         ("qkv_in", ToTokens(config)), ("qkv", LinearEngine(config)),
+        ("sta_keys", KeyReport(config)),
         ("predict", Predictor(config)), ("attention", AttentionEngine(config)),
         ("transpose", Transpose(config)),
         ("proj_in", ToTokens(config)), ("proj", LinearEngine(config)),
@@ -73,12 +79,14 @@ def _stages(config):
         ("gelu", GELU(config)),
         ("fc2_in", ToTokens(config)), ("fc2", LinearEngine(config)),
         ("res2", ResidualAdd(config)),
+        ("sta_act", ActReport(config)),
     ]
 
 
 #: Stage names in order.
-BLOCK_STAGES = ("frame", "ln1", "qkv_in", "qkv", "predict", "attention", "transpose", "proj_in",
-                "proj", "res1", "ln2", "fc1_in", "fc1", "gelu", "fc2_in", "fc2", "res2")
+BLOCK_STAGES = ("frame", "ln1", "qkv_in", "qkv", "sta_keys", "predict", "attention", "transpose",
+                "proj_in", "proj", "res1", "ln2", "fc1_in", "fc1", "gelu", "fc2_in", "fc2", "res2",
+                "sta_act")
 
 
 class Block(Pipeline):
@@ -94,7 +102,8 @@ class Block(Pipeline):
 
     Ports: ``i`` and ``o`` (RESID tokens, :func:`hw.linear_engine.activation_layout`), the
     stages' loading ports (``ln1.p_load``, ``qkv.w_load``, ``qkv.c_load``, ...,
-    ``gelu.t_load``), ``csr``.
+    ``gelu.t_load``, ``qkv_in.pos_load``, ...), the STA reports (``sta_keys.keys``,
+    ``sta_act.act``), ``csr``.
     """
 
     def __init__(self, config, *, attention_skip=2, mlp_skip=8):

@@ -47,6 +47,8 @@ DECLARATIONS = (
     ("hw.transpose.REGISTERS", "hw.transpose", "REGISTERS"),
     ("hw.gelu.REGISTERS", "hw.gelu", "REGISTERS"),
     ("hw.residual.REGISTERS", "hw.residual", "REGISTERS"),
+    ("hw.sta_report.KEY_REGISTERS", "hw.sta_report", "KEY_REGISTERS"),
+    ("hw.sta_report.ACT_REGISTERS", "hw.sta_report", "ACT_REGISTERS"),
     ("hw.pipeline.PassThrough.registers", "hw.pipeline", "PassThrough.registers"),
 )
 

@@ -50,12 +50,16 @@ class BlockJob:
     inputs : list of (port, beats)
     expected : list of dict
         ``o`` beats (the block's RESID output).
+    reports : list of (port, beats)
+        The expected STA report beats (empty unless the job asked for them).
     stages : dict
         Stage name -> expected counters.
     linear, attention, predictor : the projection jobs (by name), the attention job and the
         predictor job.
     out : torch.Tensor
         The expected output ``[N, d]``.
+    keys : torch.Tensor
+        The block's attention keys ``[heads, N, head_dim]`` (what STA scores).
     """
     name: str
     config: object
@@ -63,11 +67,13 @@ class BlockJob:
     program: list
     inputs: list
     expected: list
+    reports: list
     stages: dict
     linear: dict
     attention: object
     predictor: object
     out: torch.Tensor
+    keys: torch.Tensor
     trace: dict = field(default_factory=dict)
 
     @property
@@ -99,7 +105,7 @@ class BlockJob:
             timeout = int(3 * self.ideal_cycles) + 50_000
         return Plan(name=self.name, setup=self.setup if load else self.program,
                     inputs=self.inputs,
-                    outputs=[("o", self.expected)], counters=self.stages,
+                    outputs=[("o", self.expected)] + self.reports, counters=self.stages,
                     done=list(self.stages), timeout=timeout)
 
 
@@ -109,22 +115,34 @@ def _ln_program(block, stage, ln, tokens):
             ("write", stage, "mult", ln.mult), ("write", stage, "shift", ln.shift)]
 
 
-def block_job(config, blk, xs, n_s, *, tau, rho, delta_enable=True, name="block", block=0):
+def block_job(config, blk, xs, n_s, *, tau, rho, delta_enable=True, name="block", block=0,
+              tokens=None, report=False):
     """A job for the integer block ``blk`` (:class:`golden.intvidt.IntBlock`) on sequences
     ``xs`` (each ``[N, d]`` RESID, frame-major tokens of ``n_s`` positions per frame; ``N`` a
     multiple of ``n_s`` when there are several), delta threshold ``tau`` on all four
     projections and sub-vector keep ratio ``rho`` (1: dense attention), its constants in the
     stages' part ``block`` (their ``layer`` setting); ``delta_enable=False`` runs the
-    projections as the dense baseline."""
+    projections as the dense baseline.
+
+    ``tokens`` (:class:`golden.intvidt.Tokens` of one sequence, ``[1, N]``) gives the frame and
+    spatial position of each token of a ragged set (STA pruning left it): the ``*_in`` stages
+    then take the positions from a loaded list. ``report`` asks for the STA reports (keys
+    summed over heads, ``sum |x|``), checked on ``sta_keys.keys`` and ``sta_act.act``."""
     n = xs[0].shape[0]
     if any(x.shape[0] != n for x in xs) or (len(xs) > 1 and n % n_s):
         raise ValueError("Sequences of one job need one length, a multiple of n_s when several")
     x = torch.cat(xs).to(torch.int64)
     total = x.shape[0]
-    frames_per_seq = -(-n // n_s)
-    tok = torch.arange(n)
-    frame = torch.cat([s * frames_per_seq + tok // n_s for s in range(len(xs))])
-    spatial = (tok % n_s).repeat(len(xs))
+    if tokens is None:
+        frames_per_seq = -(-n // n_s)
+        tok = torch.arange(n)
+        frame = torch.cat([s * frames_per_seq + tok // n_s for s in range(len(xs))])
+        spatial = (tok % n_s).repeat(len(xs))
+    elif len(xs) != 1 or tokens.frame.shape != (1, n):
+        raise ValueError("A listed token set is one sequence with one frame and position per "
+                         "token")
+    else:
+        frame, spatial = tokens.frame[0], tokens.spatial[0]
     jobs = {}
 
     def linear(layer_name, inp):
@@ -154,7 +172,7 @@ def block_job(config, blk, xs, n_s, *, tau, rho, delta_enable=True, name="block"
     x2 = qtorch.saturate(x1 + linear("fc2", qtorch.gelu(h, blk.gelu)), contract.RESID)
     if len(xs) == 1:
         _check_against_intblock(blk, x, x2, n_s, tau if delta_enable else None, rho,
-                                config.lanes)
+                                config.lanes, Tokens(frame[None], spatial[None]))
 
     # Loads: the constants of the block's layer (block) in every stage that holds them. The
     # layer setting goes first: reset_load restarts the load address of its part.
@@ -172,23 +190,43 @@ def block_job(config, blk, xs, n_s, *, tau, rho, delta_enable=True, name="block"
                ("write", "frame", "tokens", total)]
     program += _ln_program(block, "ln1", blk.norm1, total) + _ln_program(block, "ln2", blk.norm2,
                                                                           total)
+    listed = tokens is not None
     for p in PROJECTIONS:
         program += jobs[p].setup(p, load=False) + [("write", p + "_in", "positions", n_s),
-                                                   ("write", p + "_in", "tokens", total)]
+                                                   ("write", p + "_in", "tokens", total),
+                                                   ("write", p + "_in", "listed", int(listed))]
+        if listed:
+            program += [("pulse", p + "_in", ("reset_load",)),
+                        ("load", p + "_in.pos_load", [{"position": int(v)} for v in spatial])]
+    program += [("write", "sta_keys", "tokens", total), ("write", "sta_keys", "heads", heads),
+                ("write", "sta_keys", "head_dim", hd), ("write", "sta_keys", "report", int(report)),
+                ("write", "sta_act", "tokens", total), ("write", "sta_act", "report", int(report))]
     program += [("write", "predict", r, v) for r, v in pred.registers]
     program += [("write", "attention", r, v) for r, v in att.registers]
     program += [("write", "transpose", "tokens", n), ("write", "transpose", "heads", heads),
                 ("write", "transpose", "sequences", len(xs))]
     program += [("write", "gelu", "layer", block), ("write", "gelu", "tokens", total)]
     program += [("write", r, "tokens", total) for r in ("res1", "res2")]
+    # The STA reports: K summed over heads, sum |x| of the block's output (golden.sta's inputs).
+    key_sum = qkv[:, heads * hd:2 * heads * hd].reshape(total, heads, hd).sum(1)
+    act = x2.abs().sum(1)
+    outputs = [("o", activation_beats(config, x2))]
+    if report:
+        outputs += [("sta_keys.keys", activation_beats(config, key_sum)),
+                    ("sta_act.act", [{"sum": int(a)} for a in act])]
     stages = _expected_counters(jobs, pred, att, total)
+    reported = {"sta_keys": total * hd // config.lanes, "sta_act": total}
+    for s_ in ("sta_keys", "sta_act"):
+        stages[s_]["reported"] = reported[s_] if report else 0
     # Last stage first: its cycles then span the whole run (the output stage's START to DONE,
     # every other START included), the block's cycle count.
     program += [("start", s, True) for s in reversed(list(stages))]
     return BlockJob(name=name, config=config, loads=loads, program=program,
                     inputs=[("i", activation_beats(config, x))],
-                    expected=activation_beats(config, x2), stages=stages, linear=jobs,
-                    attention=att, predictor=pred, out=x2)
+                    expected=outputs[0][1], reports=outputs[1:], stages=stages, linear=jobs,
+                    attention=att, predictor=pred, out=x2,
+                    keys=qkv[:, heads * hd:2 * heads * hd].reshape(total, heads, hd)
+                    .permute(1, 0, 2))
 
 
 def _expected_counters(jobs, pred, att, total):
@@ -199,20 +237,16 @@ def _expected_counters(jobs, pred, att, total):
     stages["predict"] = pred.counters()
     stages["attention"] = att.counters()
     stages["transpose"] = {"tokens_out": total}
-    for s in ("gelu", "res1", "res2"):
+    for s in ("gelu", "res1", "res2", "sta_keys", "sta_act"):
         stages[s] = {"tokens_out": total}
     # Every stage's cycles are read too (each counts from its START to its DONE).
     return {s: {"cycles": None, **c} for s, c in stages.items()}
 
 
-def _check_against_intblock(blk, x, want, n_s, tau, rho, lanes):
+def _check_against_intblock(blk, x, want, n_s, tau, rho, lanes, tokens):
     """The stage-by-stage expectation is the golden block's own output."""
-    n = x.shape[0]
     run = SparseExecution(n_s, tau=tau,
                           attention=SubvectorAttention(lanes, rho) if rho < 1 else None)
-    tokens = Tokens.full(1, -(-n // n_s), n_s)
-    if n % n_s:
-        tokens = Tokens(tokens.frame[:, :n], tokens.spatial[:, :n])
     got, _ = blk.forward(x[None], run, 0, tokens)
     if not torch.equal(got[0], want):
         raise AssertionError("Stage-by-stage block expectation differs from IntBlock.forward "

@@ -28,13 +28,14 @@ MODEL = VidTConfig(frames=6, height=16, width=16, tubelet=2, patch=8, dim=16, he
                    depth=1, mlp_ratio=4, num_classes=4)
 
 
-def _small_model(depth):
+def _small_model(depth, frames=MODEL.frames):
     """A seeded untrained model of ``depth`` blocks, quantised on random clips, and the RESID
     tokens of further clips: ``(IntVidT, [x ...])``."""
     torch.manual_seed(SEED)
-    model = VidT(replace(MODEL, depth=depth)).eval()
+    cfg = replace(MODEL, depth=depth, frames=frames)
+    model = VidT(cfg).eval()
     g = torch.Generator().manual_seed(SEED)
-    videos = torch.randint(0, 256, (7, 1, MODEL.frames, MODEL.height, MODEL.width),
+    videos = torch.randint(0, 256, (7, 1, cfg.frames, cfg.height, cfg.width),
                            generator=g, dtype=torch.uint8)
     q = quantize_vidt(model, videos[:4])
     return q, [q.tokens(videos[k:k + 1])[0] for k in range(4, 7)]
@@ -101,6 +102,20 @@ def test_two_blocks_with_their_constants_on_chip_are_bit_exact():
     job = blocks_job(cfg, q, xs[:1], MODEL.n_s, tau=2, rho=0.5)
     assert not torch.equal(q.blocks[0].fc1.weight, q.blocks[1].fc1.weight)
     run_amaranth_plans(Block(cfg), job.plans(), seed=SEED + 5, stall=0.2)
+
+
+def test_sta_pruned_blocks_report_and_run_on_the_ragged_set():
+    """STA r = 1 on a two-block model of 4 token frames: block 0 is a stage block (stages 1 and
+    2) and reports its keys' head sums and sum |x| (checked on both report ports); the host
+    keeps 10 of 16 tokens; block 1 runs on that ragged set, each token with its spatial
+    position from the loaded lists (delta references per position), and reports again (stage
+    3). The pruned output equals the integer model's, pruned by golden.sta."""
+    q, xs = _small_model(2, frames=8)
+    cfg = SMALL.replace(max_layers=2, name="small_l2")
+    job = blocks_job(cfg, q, xs[:1], MODEL.n_s, tau=2, rho=0.5, r=1)
+    assert [b.inputs[0][1].__len__() // (MODEL.dim // cfg.lanes) for b in job.blocks] == [16, 10]
+    assert job.out.shape[0] == 9 and all(b.reports for b in job.blocks)
+    run_amaranth_plans(Block(cfg), job.plans(), seed=SEED + 6, stall=0.2)
 
 
 @pytest.mark.filterwarnings("ignore::amaranth.hdl._ir.UnusedElaboratable")
@@ -170,6 +185,45 @@ def test_adapter_flags_range_and_frame_errors_then_runs_clean():
                          positions=4, tokens=1)
     plan.setup = [("pulse", "t", ("clear_error",))] + plan.setup
     run_amaranth(top, plan, seed=SEED)
+
+
+def test_adapter_takes_listed_positions_and_checks_the_list():
+    """A ragged token set (as STA leaves it): token t has entry t of the loaded list, the
+    list survives runs; a list entry past max_positions raises ``range`` and position 0 is
+    used; a run of more tokens than the list holds is refused (``config``); the next run is
+    exact. (``max_positions`` 6: an entry of the 3-bit list can lie past it.)"""
+    rng = random.Random(SEED + 3)
+    cfg = SMALL.replace(max_positions=6, name="small_p6")
+    V, E = cfg.lanes, cfg.bitmap_word
+    d = E
+    listed = [0, 2, 3, 1, 3, 0]
+    rows = [[rng.randint(-100, 100) for _ in range(d)] for _ in listed]
+    beats = [{"data": r[s:s + V], "last": s + V == d} for r in rows for s in range(0, d, V)]
+
+    def plan(positions, n, *, load, want_pos=None):
+        want = [{"data": r, "position": p, "last": 1}
+                for r, p in zip(rows[:n], want_pos or positions)]
+        setup = ([("pulse", "t", ("reset_load", "clear_error")),
+                  ("load", "t.pos_load", [{"position": p} for p in positions])] if load else [])
+        return Plan("listed", setup=setup + [
+            ("write", "t", "positions", 1), ("write", "t", "listed", 1),
+            ("write", "t", "tokens", n), ("start", "t", True)],
+            inputs=[("i", beats[:n * (d // V)])], outputs=[("o", want)],
+            counters={"t": {"tokens_out": n}}, done=["t"], timeout=2_000)
+    top = Pipeline(cfg, [("t", ToTokens(cfg))])
+    bad_entry = listed[:2] + [cfg.max_positions] + listed[3:]
+    bad = plan(bad_entry, 4, load=True, want_pos=listed[:2] + [0] + listed[3:4])
+    too_many = Plan("too many", setup=[("write", "t", "tokens", len(listed) + 1),
+                                       ("start", "t", False), ("status", "t", "refused"),
+                                       ("pulse", "t", ("clear_error",))])
+    res = run_amaranth_plans(top, [plan(listed, 6, load=True), plan(listed, 3, load=False),
+                                   bad, too_many, plan(listed, 6, load=True)],
+                             seed=SEED, stall=0.3, check=[True, True, False, False, True])
+    regs = ToTokens.registers
+    st = regs.status(res[2]["status"]["t"])
+    assert st.errors.range and st.done, regs.describe(res[2]["status"]["t"])
+    assert res[2]["outputs"]["o"] == bad.outputs[0][1]
+    assert regs.status(res[3]["seen"]["refused"]).errors.config
 
 
 @pytest.mark.parametrize("positions,tokens", [(0, 1), (SMALL.max_positions + 1, 1), (4, 0)])

@@ -109,3 +109,8 @@ def test_architecture_doc_has_the_current_tables(text):
     assert regdoc.section(DOC.read_text(), str(DOC)) == text, \
         "docs/architecture.md has stale register tables: run " \
         "`python -m hw.regdoc --update docs/architecture.md`"
+
+
+def test_every_stage_of_the_tops_has_its_register_table(text):
+    """Each register window of a pipeline top names a declaration listed in the tables."""
+    assert "not listed in hw.regdoc.DECLARATIONS" not in text
