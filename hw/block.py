@@ -58,13 +58,14 @@ from hw.sta_report import ActReport, KeyReport
 from hw.to_tokens import ToTokens
 from hw.transpose import Transpose
 
-__all__ = ["Block", "BLOCK_STAGES", "PROJECTIONS"]
+__all__ = ["Block", "BLOCK_STAGES", "BLOCK_LINKS", "PROJECTIONS", "block_stages", "block_skips"]
 
 #: The four projections, in block order (each is stage ``name`` behind stage ``name_in``).
 PROJECTIONS = ("qkv", "proj", "fc1", "fc2")
 
 
-def _stages(config):
+def block_stages(config):
+    """The block's stages, ``(name, stage)`` in order (:data:`BLOCK_STAGES`)."""
     return [
         ("frame", Framer(config)),
         ("ln1", LayerNorm(config)),
@@ -81,6 +82,20 @@ def _stages(config):
         ("res2", ResidualAdd(config)),
         ("sta_act", ActReport(config)),
     ]
+
+
+#: The predictor's masks feed the attention engine inside the block.
+BLOCK_LINKS = (("predict", "masks", "attention", "masks"),)
+
+
+def block_skips(config, attention_skip=2, mlp_skip=8):
+    """The block's two skip paths (see :class:`Block`), checked."""
+    for what, n in (("attention_skip", attention_skip), ("mlp_skip", mlp_skip)):
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError("{} must be a positive integer, not {!r}".format(what, n))
+    beats = config.max_d // config.lanes           # beats of one token
+    return [("ln1", "res1", attention_skip * config.max_tokens * beats),
+            ("ln2", "res2", mlp_skip * beats)]
 
 
 #: Stage names in order.
@@ -107,13 +122,7 @@ class Block(Pipeline):
     """
 
     def __init__(self, config, *, attention_skip=2, mlp_skip=8):
-        for what, n in (("attention_skip", attention_skip), ("mlp_skip", mlp_skip)):
-            if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-                raise ValueError("{} must be a positive integer, not {!r}".format(what, n))
-        beats = config.max_d // config.lanes           # beats of one token
-        stages = _stages(config)
+        skips = block_skips(config, attention_skip, mlp_skip)
+        stages = block_stages(config)
         assert tuple(n for n, _ in stages) == BLOCK_STAGES
-        super().__init__(config, stages, skips=[
-            ("ln1", "res1", attention_skip * config.max_tokens * beats),
-            ("ln2", "res2", mlp_skip * beats)],
-            links=[("predict", "masks", "attention", "masks")])
+        super().__init__(config, stages, skips=skips, links=BLOCK_LINKS)

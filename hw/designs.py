@@ -21,6 +21,7 @@ DESIGNS = {
     "attention_engine": ("hw.run_through", "AttentionTop"),
     "run_through": ("hw.run_through", "RunThrough"),
     "block": ("hw.block", "Block"),
+    "model": ("hw.model", "Model"),
 }
 
 

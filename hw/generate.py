@@ -33,13 +33,14 @@ def ports_of(verilog_text, module):
             for d, msb, name in _PORT.findall(body)]
 
 
-def generate(out_dir, names):
-    """Generate every design for every preset in ``names``; return the summary dict."""
+def generate(out_dir, names, designs=None):
+    """Generate every design (or those in ``designs``) for every preset in ``names``; return
+    the summary dict."""
     summary = {}
     for name in names:
         cfg = preset(name)
         entry = {"config": cfg.summary(), "modules": {}}
-        for design in DESIGNS:
+        for design in designs or DESIGNS:
             path = write_verilog(design, cfg, Path(out_dir) / name / (design + ".v"))
             ports = ports_of(path.read_text(), design)
             entry["modules"][design] = {

@@ -38,7 +38,7 @@ from hw.packing import pack_layout
 from hw.pe_array import PEClientSignature, Route
 
 __all__ = ["REGISTERS", "LinearEngine", "weight_words", "channel_words", "engine_limits",
-           "activation_layout", "linear_output_layout", "weight_load_layout",
+           "activation_layout", "linear_output_layout", "logit_layout", "weight_load_layout",
            "channel_load_layout"]
 
 
@@ -121,8 +121,19 @@ def activation_layout(config):
     return data.StructLayout({"data": data.ArrayLayout(signed(16), config.lanes), "last": 1})
 
 
-#: The linear engine's output beats are activation beats.
-linear_output_layout = activation_layout
+def logit_layout(config):
+    """One output beat of a linear engine built with ``logits=True`` (the classifier): the
+    accumulators ``W x + b`` of ``lanes`` channels, unrequantised (the integer model's logits),
+    sign-extended to 32 bits; ``last`` on a token's final beat."""
+    if config.acc_format.bits > 32:
+        raise ValueError("Accumulators of {} bits do not fit 32-bit logits"
+                         .format(config.acc_format.bits))
+    return data.StructLayout({"data": data.ArrayLayout(signed(32), config.lanes), "last": 1})
+
+
+def linear_output_layout(config, logits=False):
+    """The linear engine's output beats: activation beats, or logits (:func:`logit_layout`)."""
+    return logit_layout(config) if logits else activation_layout(config)
 
 
 def _feed_layout(config, chunk_shape):
@@ -154,6 +165,9 @@ class LinearEngine(Engine):
     config : :class:`hw.config.RTSAConfig`
         ``rows`` and ``decode_width`` must be powers of two (chunk and bank arithmetic are
         shifts).
+    logits : bool
+        The classifier: ``o`` carries the accumulators ``y`` themselves
+        (:func:`logit_layout`; the channel constants' ``mult`` and ``shift`` are unused).
 
     Attributes
     ----------
@@ -182,13 +196,14 @@ class LinearEngine(Engine):
 
     registers = REGISTERS
 
-    def __init__(self, config):
+    def __init__(self, config, *, logits=False):
         for what, n in (("rows", config.rows), ("decode_width", config.decode_width)):
             if n & (n - 1):
                 raise ValueError("LinearEngine needs a power-of-two {}, not {!r}".format(what, n))
+        self._logits = bool(logits)
         super().__init__(config, {
             "i": In(stream.Signature(token_layout(config))),
-            "o": Out(stream.Signature(activation_layout(config))),
+            "o": Out(stream.Signature(linear_output_layout(config, self._logits))),
             "w_load": In(stream.Signature(weight_load_layout(config))),
             "c_load": In(stream.Signature(channel_load_layout(config))),
             "pe": Out(PEClientSignature(config)),
@@ -459,12 +474,17 @@ class LinearEngine(Engine):
         prod_shape = arith.shape_of(contract.product_format(acc_fmt, contract.REQ_MULT))
         o2 = Signal(data.StructLayout({
             "valid": 1, "last": 1, "prod": data.ArrayLayout(prod_shape, V),
-            "shift": data.ArrayLayout(arith.shape_of(contract.REQ_SHIFT), V)}))
+            "shift": data.ArrayLayout(arith.shape_of(contract.REQ_SHIFT), V),
+            "y": data.ArrayLayout(acc_shape, V if self._logits else 0)}))
         with m.If(o_adv):
             m.d.sync += [o2.valid.eq(o1.valid & o1.keep), o2.last.eq(o1.last)]
             for l in range(V):
-                m.d.sync += [o2.prod[l].eq(ys[l][:acc_fmt.bits].as_signed() * c_rp.data.mult[l]),
-                             o2.shift[l].eq(c_rp.data.shift[l])]
+                y = ys[l][:acc_fmt.bits].as_signed()
+                if self._logits:
+                    m.d.sync += o2.y[l].eq(y)
+                else:
+                    m.d.sync += [o2.prod[l].eq(y * c_rp.data.mult[l]),
+                                 o2.shift[l].eq(c_rp.data.shift[l])]
         m.d.comb += ctl.raise_error.overflow.eq(o_adv & o1.valid & o1.keep & y_ovf & ctl.running)
         o_fire = self.o.valid & self.o.ready
         m.d.comb += ctl.count.tokens_out.eq(o_fire & self.o.payload.last)
@@ -474,6 +494,9 @@ class LinearEngine(Engine):
             m.d.sync += [self.o.valid.eq(1), self.o.payload.last.eq(o2.last)]
             wide = ctl.settings.mode.wide
             for l in range(V):
+                if self._logits:
+                    m.d.sync += self.o.payload.data[l].eq(o2.y[l])
+                    continue
                 narrow = arith.requantize_product(o2.prod[l], o2.shift[l], contract.ACT)
                 wide_v = arith.requantize_product(o2.prod[l], o2.shift[l], contract.RESID)
                 m.d.sync += self.o.payload.data[l].eq(Mux(wide, wide_v, narrow))

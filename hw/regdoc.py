@@ -49,6 +49,10 @@ DECLARATIONS = (
     ("hw.residual.REGISTERS", "hw.residual", "REGISTERS"),
     ("hw.sta_report.KEY_REGISTERS", "hw.sta_report", "KEY_REGISTERS"),
     ("hw.sta_report.ACT_REGISTERS", "hw.sta_report", "ACT_REGISTERS"),
+    ("hw.pos_add.REGISTERS", "hw.pos_add", "REGISTERS"),
+    ("hw.mean_pool.REGISTERS", "hw.mean_pool", "REGISTERS"),
+    ("hw.route.SELECT_REGISTERS", "hw.route", "SELECT_REGISTERS"),
+    ("hw.route.ROUTE_REGISTERS", "hw.route", "ROUTE_REGISTERS"),
     ("hw.pipeline.PassThrough.registers", "hw.pipeline", "PassThrough.registers"),
 )
 

@@ -99,30 +99,34 @@ def _token_beats(config, x, spatial):
 
 
 def job_from_layer(config, layer, x, frame, spatial, n_s, *, tau, delta_enable=True,
-                   name="layer", block=0):
+                   name="layer", block=0, logits=False):
     """A job for the integer linear layer ``layer`` (:class:`golden.intvidt.QLinear`) on
     tokens ``x`` ``[N, in]`` with their frames and positions, held in the engine's part
     ``block`` (its ``layer`` setting).
 
     ``delta_enable=False`` is the dense baseline: every token dense, every element sent.
+    ``logits=True``: an engine built with ``logits=True`` (the classifier), whose outputs are
+    the accumulators ``W x + b`` themselves (dense only).
     """
     x, frame, spatial = (torch.as_tensor(a, dtype=torch.int64) for a in (x, frame, spatial))
     d_out, d_in = layer.weight.shape
     if d_in % config.bitmap_word or d_out % config.lanes:
         raise ValueError("Layer {}x{} does not fit bitmap_word {} / lanes {}"
                          .format(d_out, d_in, config.bitmap_word, config.lanes))
+    if logits and delta_enable:
+        raise ValueError("The classifier's logits are computed densely (delta_enable=False)")
     vec = linear_vectors(layer, x, frame, spatial, n_s, tau if delta_enable else None)
     chunks = -(-d_out // config.macs_per_cycle)
     if delta_enable:
         sent = int(vec["bitmap"].sum())
     else:
         sent = x.shape[0] * d_in              # the dense baseline sends zeros too
-    out = vec["out"]
+    out = layer.accumulate(x) if logits else vec["out"]
     V = config.lanes
     expected = [{"data": [int(v) for v in out[t, s:s + V]], "last": s + V == d_out}
                 for t in range(out.shape[0]) for s in range(0, d_out, V)]
     wide = layer.out_fmt.bits > 8
-    if layer.out_fmt not in (contract.ACT, contract.RESID):
+    if layer.out_fmt not in (contract.ACT, contract.RESID) and not logits:
         raise ValueError("The engine outputs int8 or int16, not {}".format(layer.out_fmt))
     registers = [("d_in", d_in), ("d_out", d_out), ("tokens", x.shape[0]),
                  ("tau", 0 if tau is None else tau), ("mode", int(delta_enable) | wide << 1),

@@ -36,9 +36,10 @@ from golden.intvidt import Tokens
 from golden.sparse import SparseExecution
 from golden.sta import STAPruner
 from golden.subvector import SubvectorAttention
-from sim.block_job import block_job
+from hw.layernorm import ln_param_words
+from sim.block_job import activation_beats, block_job
 
-__all__ = ["BlocksJob", "blocks_job"]
+__all__ = ["BlocksJob", "blocks_job", "ModelJob", "model_job", "TINY", "tiny_model"]
 
 
 @dataclass
@@ -136,3 +137,174 @@ def _check_against_model(model, x, want, n_s, depth, tau, rho, r, lanes):
     if not torch.equal(got[0], want):
         raise AssertionError("Chained block expectation differs from the model's blocks in {} "
                              "values".format(int((got[0] != want).sum())))
+
+
+@dataclass
+class ModelJob:
+    """A whole clip on :class:`hw.model.Model`: embedding, every block, the head.
+
+    Attributes
+    ----------
+    blocks : :class:`BlocksJob`
+        The blocks (block 0's input is the embedded clip).
+    embed, head : :class:`sim.linear_job.LinearJob`
+        The embedding (dense, wide) and the classifier (logits).
+    logits : torch.Tensor
+        The expected logits ``[classes]``: :meth:`golden.intvidt.IntVidT.forward`'s.
+    """
+    name: str
+    config: object
+    blocks: BlocksJob
+    embed: object
+    head: object
+    pos: list
+    norm: object
+    pooled_tokens: int
+    pixels: list
+    logits: torch.Tensor
+    n_s: int
+
+    @property
+    def ideal_cycles(self):
+        return (self.embed.ideal_cycles + self.blocks.ideal_cycles + self.head.ideal_cycles)
+
+    def plans(self, *, timeout=None):
+        """One :class:`sim.driver.Plan` per block pass (see :mod:`hw.model`); the first loads
+        every constant of the model first."""
+        from sim.driver import Plan
+        cfg = self.config
+        jobs = self.blocks.blocks
+        n0 = jobs[0].stages["frame"]["tokens_out"]
+        d = self.embed.registers[1][1]                        # d_out of the embedding
+        loads = ([("write", "embed", "layer", 0), ("pulse", "embed", ("reset_load",)),
+                    ("load", "embed.w_load", self.embed.weights),
+                    ("load", "embed.c_load", self.embed.channels),
+                    ("pulse", "pos", ("reset_load",)), ("load", "pos.p_load", self.pos),
+                    ("write", "norm", "layer", 0), ("pulse", "norm", ("reset_load",)),
+                    ("load", "norm.p_load", ln_param_words(cfg, self.norm.gamma.tolist(),
+                                                           self.norm.beta.tolist())),
+                    ("write", "head", "layer", 0), ("pulse", "head", ("reset_load",)),
+                    ("load", "head.w_load", self.head.weights),
+                    ("load", "head.c_load", self.head.channels)]
+                 + [step for b in jobs for step in b.loads])
+        # The head runs in the last block's pass, or, when STA prunes after the last block,
+        # in a pass of its own on the tokens the host kept.
+        head_pass = bool(jobs[-1].reports)
+        plans = []
+        for k, job in enumerate(jobs + ([None] if head_pass else [])):
+            first = k == 0
+            head = k == len(jobs) - 1 + head_pass
+            program, counters, started, inputs, outputs = [], {}, [], [], []
+            if job is not None:
+                n = job.stages["frame"]["tokens_out"]
+                to_head = head and not head_pass
+                program = [s for s in job.program if s[0] != "start"]
+                program += [("write", "select", "tokens", n),
+                            ("write", "select", "source", int(not first)),
+                            ("write", "route", "tokens", n),
+                            ("write", "route", "dest", int(not to_head))]
+                counters = dict(job.stages, select={"tokens_out": n}, route={"tokens_out": n})
+                started = ["select"] + list(job.stages) + ["route"]
+                inputs = [("i", self.pixels)] if first else [("select.host", job.inputs[0][1])]
+                outputs = ([] if to_head else [("route.host", job.expected)]) + job.reports
+            if first:
+                program += ([("write", "embed_in", "positions", self.n_s),
+                             ("write", "embed_in", "tokens", n0),
+                             ("write", "embed_in", "listed", 0)]
+                            + self.embed.setup("embed", load=False)
+                            + [("write", "pos", "d", d), ("write", "pos", "tokens", n0)])
+                counters.update(embed_in={"tokens_out": n0}, pos={"tokens_out": n0},
+                                embed={k_: v for k_, v in self.embed.counters().items()
+                                       if k_ != "pairs"})
+                started = ["embed_in", "embed", "pos"] + started
+            if head:
+                m = self.pooled_tokens
+                program += ([("write", "head_select", "tokens", m),
+                             ("write", "head_select", "source", int(head_pass)),
+                             ("pulse", "norm", ("clear_error",)), ("write", "norm", "layer", 0),
+                             ("write", "norm", "d", d), ("write", "norm", "tokens", m),
+                             ("write", "norm", "mult", self.norm.mult),
+                             ("write", "norm", "shift", self.norm.shift),
+                             ("write", "pool", "d", d), ("write", "pool", "tokens", m),
+                             ("write", "head_in", "positions", 1),
+                             ("write", "head_in", "tokens", 1), ("write", "head_in", "listed", 0)]
+                            + self.head.setup("head", load=False))
+                counters.update(head_select={"tokens_out": m}, norm={"tokens_out": m},
+                                pool={"tokens_in": m, "tokens_out": 1},
+                                head_in={"tokens_out": 1},
+                                head={k_: v for k_, v in self.head.counters().items()
+                                      if k_ != "pairs"})
+                started += ["head_select", "norm", "pool", "head_in", "head"]
+                outputs = [("o", self.head.expected)] + outputs
+                if head_pass:
+                    inputs = [("head_select.host", activation_beats(cfg, self.blocks.out))]
+            counters = {s: {"cycles": None, **c} for s, c in counters.items()}
+            program += [("start", s, True) for s in reversed(started)]
+            plans.append(Plan(name="{}/pass{}".format(self.name, k),
+                              setup=(loads if first else []) + program, inputs=inputs,
+                              outputs=outputs, counters=counters, done=started,
+                              timeout=timeout or int(3 * self.ideal_cycles) + 50_000))
+        return plans
+
+
+def model_job(config, model, video, *, tau, rho, r=0, name="model"):
+    """A job for the whole integer model ``model`` (:class:`golden.intvidt.IntVidT`) on one
+    uint8 clip ``video`` ``[C, T, H, W]``: delta threshold ``tau`` on the blocks' projections,
+    sub-vector keep ratio ``rho``, STA pruning ``r``. The expected logits are checked against
+    :meth:`golden.intvidt.IntVidT.forward` under :class:`golden.sparse.SparseExecution` with
+    the same settings."""
+    from golden import contract, qtorch
+    from golden.vidt import tubelets
+    from hw.pos_add import pos_words
+    from sim.linear_job import job_from_layer
+    cfg = model.cfg
+    n_s = cfg.n_s
+    pixels = tubelets(video[None].to(torch.int64) - 128, cfg)[0]
+    full = Tokens.full(1, cfg.n_t, n_s)
+    embed = job_from_layer(config, model.embed, pixels, full.frame[0], full.spatial[0], n_s,
+                           tau=None, delta_enable=False, name=name + "/embed")
+    x0 = qtorch.saturate(embed.outputs + model.pos, contract.RESID)
+    blocks = blocks_job(config, model, [x0], n_s, tau=tau, rho=rho, r=r, name=name)
+    normed = model.norm(blocks.out[None])[0]
+    pooled = qtorch.div_half_up(normed.sum(0, keepdim=True), normed.shape[0])
+    zero = torch.zeros(1, dtype=torch.int64)
+    head = job_from_layer(config, model.head, pooled, zero, zero, 1, tau=None,
+                          delta_enable=False, name=name + "/head", logits=True)
+    logits = head.outputs[0]
+    run = SparseExecution(n_s, tau=tau,
+                          attention=SubvectorAttention(config.lanes, rho) if rho < 1 else None,
+                          pruner=_pruner([x0], n_s, r, len(model.blocks)))
+    want = model.forward(video[None], run)[0]
+    if not torch.equal(logits, want):
+        raise AssertionError("Model job logits {} differ from IntVidT.forward's {}"
+                             .format(logits.tolist(), want.tolist()))
+    return ModelJob(name=name, config=config, blocks=blocks, embed=embed, head=head,
+                    pos=pos_words(config, model.pos.tolist()), norm=model.norm,
+                    pooled_tokens=normed.shape[0],
+                    pixels=activation_beats(config, pixels), logits=logits, n_s=n_s)
+
+
+#: A model small enough for simulators: 8 x 8 frames of 4 x 4 patches, two frames per tubelet
+#: -> 4 token frames of 4 positions (16 tokens, STA's frame groups of four), tubelets of 32
+#: pixels, d = 16 (2 heads), 2 blocks, 4 classes.
+def _tiny_config():
+    from golden.vidt import VidTConfig
+    return VidTConfig(frames=8, height=8, width=8, tubelet=2, patch=4, dim=16, heads=2,
+                      depth=2, mlp_ratio=4, num_classes=4)
+
+
+TINY = _tiny_config()
+
+
+def tiny_model(seed):
+    """A seeded untrained :data:`TINY` model quantised on 4 random clips, and 2 further clips:
+    ``(IntVidT, videos [2, C, T, H, W] uint8)``. The same seed gives the same model in every
+    process (the unit tests and the co-simulation testbench)."""
+    from golden.intvidt import quantize_vidt
+    from golden.vidt import VidT
+    torch.manual_seed(seed)
+    model = VidT(TINY).eval()
+    g = torch.Generator().manual_seed(seed)
+    videos = torch.randint(0, 256, (6, 1, TINY.frames, TINY.height, TINY.width), generator=g,
+                           dtype=torch.uint8)
+    return quantize_vidt(model, videos[:4]), videos[4:]

@@ -3,7 +3,6 @@ golden model (:meth:`golden.intvidt.IntBlock.forward` under a sparse execution),
 pieces that join its stages (skip paths, result reservation, the token adapter)."""
 
 import random
-from dataclasses import replace
 
 import pytest
 import torch
@@ -18,7 +17,6 @@ from hw.pipeline import Pipeline
 from hw.to_tokens import ToTokens
 from sim.block_job import block_job
 from sim.driver import Plan, run_amaranth, run_amaranth_plans
-from sim.model_job import blocks_job
 from tests.test_attention_engine import SMALL
 
 SEED = 9091
@@ -28,24 +26,18 @@ MODEL = VidTConfig(frames=6, height=16, width=16, tubelet=2, patch=8, dim=16, he
                    depth=1, mlp_ratio=4, num_classes=4)
 
 
-def _small_model(depth, frames=MODEL.frames):
-    """A seeded untrained model of ``depth`` blocks, quantised on random clips, and the RESID
-    tokens of further clips: ``(IntVidT, [x ...])``."""
-    torch.manual_seed(SEED)
-    cfg = replace(MODEL, depth=depth, frames=frames)
-    model = VidT(cfg).eval()
-    g = torch.Generator().manual_seed(SEED)
-    videos = torch.randint(0, 256, (7, 1, cfg.frames, cfg.height, cfg.width),
-                           generator=g, dtype=torch.uint8)
-    q = quantize_vidt(model, videos[:4])
-    return q, [q.tokens(videos[k:k + 1])[0] for k in range(4, 7)]
-
-
 @pytest.fixture(scope="module")
 def small_block():
-    """``(IntBlock, [x ...])``: the block of a one-block small model and clips' tokens."""
-    q, xs = _small_model(1)
-    return q.blocks[0], xs
+    """A seeded untrained model, quantised on random clips, and the RESID tokens of further
+    clips: ``(IntBlock, [x ...])``. (Several blocks, STA and the whole model:
+    ``tests/test_model.py``.)"""
+    torch.manual_seed(SEED)
+    model = VidT(MODEL).eval()
+    g = torch.Generator().manual_seed(SEED)
+    videos = torch.randint(0, 256, (7, 1, MODEL.frames, MODEL.height, MODEL.width),
+                           generator=g, dtype=torch.uint8)
+    q = quantize_vidt(model, videos[:4])
+    return q.blocks[0], [q.tokens(videos[k:k + 1])[0] for k in range(4, 7)]
 
 
 def test_block_is_bit_exact_with_the_golden_block(small_block):
@@ -90,32 +82,6 @@ def test_a_malformed_token_is_flagged_and_the_next_run_is_exact(small_block):
     st = regs.status(res["status"]["frame"])
     assert st.done and st.errors.token, regs.describe(st.as_value())
     assert len(res["outputs"]["o"]) == len(bad.expected)
-
-
-def test_two_blocks_with_their_constants_on_chip_are_bit_exact():
-    """Both blocks of a two-block model loaded into layers 0 and 1 first, then run back to
-    back (block 1 on block 0's output, each with only its settings written): the output is
-    the integer model's two blocks, bit for bit (blocks_job checks its expectation against
-    them). Block 1's weights differ from block 0's, so a run on the wrong layer fails."""
-    q, xs = _small_model(2)
-    cfg = SMALL.replace(max_layers=2, name="small_l2")
-    job = blocks_job(cfg, q, xs[:1], MODEL.n_s, tau=2, rho=0.5)
-    assert not torch.equal(q.blocks[0].fc1.weight, q.blocks[1].fc1.weight)
-    run_amaranth_plans(Block(cfg), job.plans(), seed=SEED + 5, stall=0.2)
-
-
-def test_sta_pruned_blocks_report_and_run_on_the_ragged_set():
-    """STA r = 1 on a two-block model of 4 token frames: block 0 is a stage block (stages 1 and
-    2) and reports its keys' head sums and sum |x| (checked on both report ports); the host
-    keeps 10 of 16 tokens; block 1 runs on that ragged set, each token with its spatial
-    position from the loaded lists (delta references per position), and reports again (stage
-    3). The pruned output equals the integer model's, pruned by golden.sta."""
-    q, xs = _small_model(2, frames=8)
-    cfg = SMALL.replace(max_layers=2, name="small_l2")
-    job = blocks_job(cfg, q, xs[:1], MODEL.n_s, tau=2, rho=0.5, r=1)
-    assert [b.inputs[0][1].__len__() // (MODEL.dim // cfg.lanes) for b in job.blocks] == [16, 10]
-    assert job.out.shape[0] == 9 and all(b.reports for b in job.blocks)
-    run_amaranth_plans(Block(cfg), job.plans(), seed=SEED + 6, stall=0.2)
 
 
 @pytest.mark.filterwarnings("ignore::amaranth.hdl._ir.UnusedElaboratable")

@@ -1,0 +1,67 @@
+"""The whole VidT on one PE array: embedding, the blocks, the head.
+
+::
+
+    i (pixels - 128) -> embed_in -> embed -> pos -> select -> [block stages] -> route ->
+                                                     ^                              |
+                                                 select.host                    route.host
+                                                (tokens in)                   (tokens out)
+        -> head_select -> norm -> pool -> head_in -> head -> o (logits)
+               ^
+        head_select.host (the pruned tokens, when the last block is an STA stage block)
+
+One :class:`hw.pipeline.Pipeline`: the tubelet embedding (:class:`hw.linear_engine.LinearEngine`
+in wide mode, dense) and the positional add (:class:`hw.pos_add.PosAdd`), the stages of
+:class:`hw.block.Block` (their constants for ``max_layers`` blocks on chip), the final
+LayerNorm, mean pooling (:class:`hw.mean_pool.MeanPool`) and the classifier (a
+:class:`hw.linear_engine.LinearEngine` built with ``logits=True``, whose outputs are the
+integer model's logits, :meth:`golden.intvidt.IntVidT.head_forward`). Eight clients share the
+array: embed, the block's six, head.
+
+A clip runs as one pass per block (:mod:`sim.model_job`): block 0's tokens come from the
+embedding (``select.source`` 0), a later block's from the host (``select.host``: the tokens
+the previous block left, with STA pruning applied by the host from the block's reports); the
+last block's go on to the head (``route.dest`` 0), the others' to the host (``route.host``).
+When STA prunes after the last block (a stage block: depth 2 or 3), its tokens go to the host
+too, and a head pass takes the kept ones in through ``head_select.host``.
+Before each pass the host writes the block's ``layer`` and settings and starts the stages the
+pass uses. One clip per pass: the pipeline's sequence gate counts only the embedding's input.
+"""
+
+from hw.block import BLOCK_LINKS, block_skips, block_stages
+from hw.layernorm import LayerNorm
+from hw.linear_engine import LinearEngine
+from hw.mean_pool import MeanPool
+from hw.pipeline import Pipeline
+from hw.pos_add import PosAdd
+from hw.route import Route, Select
+from hw.to_tokens import ToTokens
+
+__all__ = ["Model", "MODEL_FRONT", "MODEL_HEAD"]
+
+#: Stages before the block's, and after.
+MODEL_FRONT = ("embed_in", "embed", "pos", "select")
+MODEL_HEAD = ("route", "head_select", "norm", "pool", "head_in", "head")
+
+
+class Model(Pipeline):
+    """The whole model on one PE array (see the module docstring).
+
+    Parameters
+    ----------
+    config : :class:`hw.config.RTSAConfig`
+        ``max_layers`` blocks' constants on chip; ``max_d`` must hold the tubelet width.
+    attention_skip, mlp_skip : int
+        As for :class:`hw.block.Block`.
+    """
+
+    def __init__(self, config, *, attention_skip=2, mlp_skip=8):
+        # The embedding, the final LayerNorm and the head hold one layer of constants.
+        one = config.replace(max_layers=1)
+        front = [("embed_in", ToTokens(config)), ("embed", LinearEngine(one)),
+                 ("pos", PosAdd(config)), ("select", Select(config))]
+        head = [("route", Route(config)), ("head_select", Select(config)),
+                ("norm", LayerNorm(one)), ("pool", MeanPool(config)),
+                ("head_in", ToTokens(config)), ("head", LinearEngine(one, logits=True))]
+        super().__init__(config, front + block_stages(config) + head,
+                         skips=block_skips(config, attention_skip, mlp_skip), links=BLOCK_LINKS)
