@@ -28,10 +28,10 @@ from amaranth.hdl import Module, Shape, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out, connect
 
-from hw.arith import bits_for
+from hw.arith import bits_for, log2_exact
 
 __all__ = ["Setting", "EngineRegisters", "RegisterSignature", "EngineControl", "Engine",
-           "LAYER", "layer_part", "token_gate", "finish_on_tokens", "COUNTER_BITS",
+           "LAYER", "layer_part", "token_width", "token_gate", "finish_on_tokens", "COUNTER_BITS",
            "STATUS_ERROR_OFFSET"]
 
 #: Width of every counter register.
@@ -303,6 +303,16 @@ def layer_part(m, ctl, config, depth):
     base = Signal(range(config.max_layers * depth), name="layer_base")
     m.d.comb += base.eq(layer[:bits_for(config.max_layers)] * depth)
     return base, layer < config.max_layers
+
+
+def token_width(m, ctl, config):
+    """``(beats, ok)`` of a stage's ``d`` setting (a token of ``d`` channels, ``lanes`` a
+    beat): its beats per token, and whether ``d`` is a multiple of ``lanes`` in
+    ``lanes .. max_d`` (for the stage's ``config_ok``)."""
+    V, d = config.lanes, ctl.settings.d
+    beats = Signal(range(config.max_d // V + 1), name="token_beats")
+    m.d.comb += beats.eq(d >> log2_exact(V))
+    return beats, (d >= V) & (d <= config.max_d) & (d[:log2_exact(V)] == 0)
 
 
 def token_gate(m, ctl, token_in):

@@ -16,8 +16,7 @@ from amaranth.hdl import Module, Signal
 from amaranth.lib import stream
 from amaranth.lib.wiring import In, Out
 
-from hw.arith import log2_exact
-from hw.engine import Engine, EngineRegisters, Setting, finish_on_tokens
+from hw.engine import Engine, EngineRegisters, Setting, finish_on_tokens, token_width
 from hw.linear_engine import activation_layout
 
 __all__ = ["REGISTERS", "Framer"]
@@ -53,15 +52,13 @@ class Framer(Engine):
         V, D = cfg.lanes, cfg.max_d
         ctl = self.control(m)
         st = ctl.settings
-        m.d.comb += ctl.config_ok.eq((st.d >= V) & (st.d <= D) & (st.d[:log2_exact(V)] == 0)
-                                     & (st.tokens != 0))
+        beats, d_ok = token_width(m, ctl, cfg)
+        m.d.comb += ctl.config_ok.eq(d_ok & (st.tokens != 0))
         finish_on_tokens(m, ctl, self.o)
         i, o = self.i, self.o
-        beats = Signal(range(D // V + 1))
         beat = Signal(range(D // V))
         final = beat == beats - 1
         adv = ~o.valid | o.ready
-        m.d.comb += beats.eq(st.d >> log2_exact(V))
         with m.If(o.valid & o.ready):
             m.d.sync += o.valid.eq(0)
         with m.If(ctl.pulse.start):

@@ -41,7 +41,8 @@ from amaranth.lib.wiring import In, Out
 from golden import contract
 from hw import arith
 from hw.arith import bits_for, log2_exact
-from hw.engine import LAYER, Engine, EngineRegisters, Setting, finish_on_tokens, layer_part
+from hw.engine import (LAYER, Engine, EngineRegisters, Setting, finish_on_tokens, layer_part,
+                       token_width)
 from hw.linear_engine import activation_layout
 
 __all__ = ["REGISTERS", "LayerNorm", "RowStats", "ln_param_layout", "ln_param_words",
@@ -197,8 +198,8 @@ class LayerNorm(Engine):
         st = ctl.settings
         V, D = cfg.lanes, cfg.max_d
         base, layer_ok = layer_part(m, ctl, cfg, D // V)
-        m.d.comb += ctl.config_ok.eq((st.d >= V) & (st.d <= D) & (st.d[:log2_exact(V)] == 0)
-                                     & (st.tokens != 0) & layer_ok)
+        _, d_ok = token_width(m, ctl, cfg)
+        m.d.comb += ctl.config_ok.eq(d_ok & (st.tokens != 0) & layer_ok)
 
         # Parameters (max_layers parts) survive START; only the datapath restarts.
         m.submodules.params = params = Memory(shape=ln_param_layout(cfg),

@@ -25,8 +25,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden import contract
 from hw import arith
-from hw.arith import log2_exact
-from hw.engine import Engine, EngineRegisters, Setting, token_gate
+from hw.engine import Engine, EngineRegisters, Setting, token_gate, token_width
 from hw.linear_engine import activation_layout
 
 __all__ = ["REGISTERS", "MeanPool"]
@@ -63,11 +62,9 @@ class MeanPool(Engine):
         V, W = cfg.lanes, cfg.max_d // cfg.lanes
         ctl = self.control(m)
         st = ctl.settings
-        words = Signal(range(W + 1))
-        m.d.comb += words.eq(st.d >> log2_exact(V))
+        words, d_ok = token_width(m, ctl, cfg)
         m.d.comb += ctl.config_ok.eq(
-            (st.d >= V) & (st.d <= cfg.max_d) & (st.d[:log2_exact(V)] == 0)
-            & (st.tokens != 0) & (st.tokens <= cfg.max_tokens))
+            d_ok & (st.tokens != 0) & (st.tokens <= cfg.max_tokens))
         sum_shape = arith.shape_of(contract.pooled_sum_format(cfg.max_tokens))
         sums = [Array(Signal(sum_shape, name=f"sum_{w}_{l}") for w in range(W)) for l in range(V)]
 

@@ -27,8 +27,8 @@ from amaranth.lib.wiring import In, Out
 
 from golden import contract
 from hw import arith
-from hw.arith import log2_exact
-from hw.engine import Engine, EngineRegisters, Setting, finish_on_tokens, token_gate
+from hw.engine import (Engine, EngineRegisters, Setting, finish_on_tokens, token_gate,
+                       token_width)
 from hw.linear_engine import activation_layout
 
 __all__ = ["REGISTERS", "PosAdd", "pos_load_layout", "pos_words"]
@@ -95,11 +95,9 @@ class PosAdd(Engine):
         with m.Elif(take_load):
             m.d.sync += fill.eq(fill + 1)
 
-        words = Signal(range(W + 1))
-        m.d.comb += words.eq(st.d >> log2_exact(V))
+        words, d_ok = token_width(m, ctl, cfg)
         m.d.comb += ctl.config_ok.eq(
-            (st.d >= V) & (st.d <= cfg.max_d) & (st.d[:log2_exact(V)] == 0)
-            & (st.tokens != 0) & (st.tokens <= cfg.max_tokens) & (st.tokens * words <= fill))
+            d_ok & (st.tokens != 0) & (st.tokens <= cfg.max_tokens) & (st.tokens * words <= fill))
 
         i, o = self.i, self.o
         advance = ~o.valid | o.ready
