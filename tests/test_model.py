@@ -1,7 +1,7 @@
 """The whole model on one PE array under Amaranth's simulator: a clip in, the integer model's
 logits out, bit for bit (embedding, positional add, every block with delta projections,
 on-chip sub-vector predictor and STA pruning between blocks, final LayerNorm, mean pooling,
-classifier). The two runs also cover what the block tests do not: two blocks' constants in
+classifier). The run also covers what the block tests do not: two blocks' constants in
 two layers (block 1's weights differ, so a run on the wrong layer fails), the STA reports
 (checked on their ports), the ragged token set with listed positions, and a head pass on the
 tokens the host kept."""
@@ -23,11 +23,12 @@ def tiny():
     return tiny_model(SEED)
 
 
-@pytest.mark.parametrize("r", [0, 1])
-def test_a_clip_in_the_integer_models_logits_out(tiny, r):
-    """Two blocks (delta tau = 2, sub-vector rho = 0.5), without and with STA (r = 1: the
-    blocks run on 16 and 10 tokens, the head pools 9); random stalls. model_job checks its
-    logits against IntVidT.forward; the plans check every stage's output and counters."""
+def test_a_clip_in_the_integer_models_logits_out(tiny):
+    """Two blocks (delta tau = 2, sub-vector rho = 0.5) with STA r = 1 (the blocks run on 16
+    and 10 tokens, the host keeps 9 for a head pass); random stalls. model_job checks its
+    logits against IntVidT.forward; the plans check every stage's output and counters.
+    (Without STA, the head in the last block's pass: tests/test_cosim_model.py.)"""
+    r = 1
     q, videos = tiny
     job = model_job(CFG, q, videos[r], tau=2, rho=0.5, r=r)
     res = run_amaranth_plans(Model(CFG), job.plans(), seed=SEED + r, stall=0.2)
