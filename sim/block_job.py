@@ -208,7 +208,8 @@ def block_job(config, blk, xs, n_s, *, tau, rho, delta_enable=True, name="block"
     program += [("write", "gelu", "layer", block), ("write", "gelu", "tokens", total)]
     program += [("write", r, "tokens", total) for r in ("res1", "res2")]
     # The STA reports: K summed over heads, sum |x| of the block's output (golden.sta's inputs).
-    key_sum = qkv[:, heads * hd:2 * heads * hd].reshape(total, heads, hd).sum(1)
+    keys = qkv[:, heads * hd:2 * heads * hd].reshape(total, heads, hd)
+    key_sum = keys.sum(1)
     act = x2.abs().sum(1)
     outputs = [("o", activation_beats(config, x2))]
     if report:
@@ -225,8 +226,7 @@ def block_job(config, blk, xs, n_s, *, tau, rho, delta_enable=True, name="block"
                     inputs=[("i", activation_beats(config, x))],
                     expected=outputs[0][1], reports=outputs[1:], stages=stages, linear=jobs,
                     attention=att, predictor=pred, out=x2,
-                    keys=qkv[:, heads * hd:2 * heads * hd].reshape(total, heads, hd)
-                    .permute(1, 0, 2))
+                    keys=keys.permute(1, 0, 2))
 
 
 def _expected_counters(jobs, pred, att, total):

@@ -105,7 +105,7 @@ def blocks_job(config, model, xs, n_s, *, tau, rho, r=0, depth=None, delta_enabl
             x, tokens = pruner.prune(b, job.out[None], job.keys[None], tokens)
             seqs, ragged = [x[0]], True
         else:
-            seqs = list(job.out.split(n))
+            seqs = list(job.out.split(seqs[0].shape[0]))
     out = seqs[0] if pruner else jobs[-1].out
     if len(xs) == 1:
         _check_against_model(model, xs[0], out, n_s, depth, tau if delta_enable else None,
