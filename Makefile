@@ -24,7 +24,7 @@ help:
 	@echo "make verilog     generate Verilog of every top for the presets tiny, default, vidt (PRESET=...) into build/verilog/<preset>/"
 	@echo "make test        run unit tests and cocotb co-simulation (Icarus and Verilator); FAST=1 skips slow extras"
 	@echo "make eval        top-1 against ideal computation saving of the benchmark model -> build/eval/ (FULL=1: full sweep)"
-	@echo "make bench       linear and attention engine and run-through cycles on the benchmark model (Verilator) -> build/bench/{linear,attention,run_through}.json, {linear,attention}.md; FULL=1 adds a whole block per stage at 49/196/392 tokens -> build/bench/block.{json,md}"
+	@echo "make bench       linear and attention engine and run-through cycles on the benchmark model (Verilator) -> build/bench/{linear,attention,run_through}.json, {linear,attention}.md; FULL=1 adds a whole block per stage at 49/196/392 tokens -> build/bench/block.{json,md} and the whole model on two held-out clips -> build/bench/model.{json,md}"
 	@echo "make vectors     export one clip's integer test vectors for co-simulation -> build/vectors/"
 	@echo "make bitstream   build the self-checking FPGA top (BOARD=ulx3s|icebreaker) into build/<board>/"
 	@echo "make synth       synth_ecp5 every generated top (tiny, vidt; PRESET=...) -> build/synth/report.{json,md} (slow: ~14 min, not in CI)"
@@ -60,6 +60,7 @@ bench: $(STAMP)
 	$(PY) -m sim.bench_attention --out build/bench; att=$$?; \
 	wait $$lin; lin=$$?; cat build/bench/linear.log; [ $$att = 0 ] && [ $$lin = 0 ]
 	$(if $(FULL),$(PY) -m sim.bench_block --out build/bench,)
+	$(if $(FULL),$(PY) -m sim.bench_model --out build/bench,)
 
 vectors: $(STAMP)
 	$(PY) -m golden.export --clip 0 --block 0 --tau 2 --rho 0.5 --out build/vectors/test0_block0

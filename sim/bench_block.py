@@ -44,9 +44,7 @@ def _run(cfg, clip, tokens, tau, rho, dense):
     tag = "block_{}_{}".format(tokens, "dense" if dense else "sparse")
     results = REPO / "build" / "bench" / "{}_runs.json".format(tag)
     results.parent.mkdir(parents=True, exist_ok=True)
-    # The plain (-O0) model: the block's C++ is one 8 MB translation unit, and its -O1 build
-    # (what the other benches use) had not finished after 24 CPU-minutes.
-    run_cocotb("block", cfg, "verilator", "sim.tb_block", seed=1,
+    run_cocotb("block", cfg, "verilator", "sim.tb_block", seed=1, optimised=True,
                env={"RTSA_CLIPS": str(clip), "RTSA_TOKENS": str(tokens), "RTSA_TAU": str(tau),
                     "RTSA_RHO": str(1.0 if dense else rho), "RTSA_DENSE": str(int(dense)),
                     "RTSA_STALL": "0", "RTSA_SEED": "1", "RTSA_RESULTS": str(results)})

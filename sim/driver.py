@@ -91,6 +91,7 @@ class JobDriver:
         self.seed, self.stall, self.done_polls = seed, stall, done_polls
         self.max_wait = max_wait
         self.go = False
+        self._sent = 0                  # input streams fully sent
         self.result = {"outputs": {}, "status": {}, "counters": {}, "seen": {}}
 
     def _stalls(self, k):
@@ -138,6 +139,7 @@ class JobDriver:
                 while not self.go:
                     await be.tick()
                 await be.send(port, beats, self._stalls(k))
+                self._sent += 1
             return run
         return [source(k, p, b) for k, (p, b) in enumerate(self.plan.inputs)]
 
@@ -155,9 +157,13 @@ class JobDriver:
         return [sink(k, p, e) for k, (p, e) in enumerate(self.plan.outputs)]
 
     async def finish(self, be):
-        """Wait for every output, then for DONE of the ``done`` stages (bounded), and read the
-        counters."""
+        """Wait for every output and (at most ``timeout`` cycles) for every input to be sent,
+        then for DONE of the ``done`` stages (bounded), and read the counters."""
         while len(self.result["outputs"]) < len(self.plan.outputs):
+            await be.tick()
+        for _ in range(self.plan.timeout):
+            if self._sent == len(self.plan.inputs):
+                break
             await be.tick()
         regs = self.top.windows
         for stage in dict.fromkeys(list(self.plan.done) + list(self.plan.counters)):

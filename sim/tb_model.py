@@ -1,15 +1,20 @@
-"""cocotb testbench: the whole model (:class:`hw.model.Model`) on a seeded tiny model
-(:func:`sim.model_job.tiny_model`), a clip in, the integer model's logits out, bit for bit.
+"""cocotb testbench: the whole model (:class:`hw.model.Model`), a clip in, the integer model's
+logits out, bit for bit, every stage's output and counters checked on the way.
 
-Environment (set by ``tests/test_cosim_model.py``):
+Environment (set by ``tests/test_cosim_model.py`` and :mod:`sim.bench_model`):
 
+``RTSA_MODEL``       ``tiny`` (default: the seeded :func:`sim.model_job.tiny_model`) or
+                     ``bench`` (the trained benchmark model, :mod:`golden.benchmark`)
 ``RTSA_MODEL_SEED``  seed of the tiny model
-``RTSA_CLIP``        which of its two clips
+``RTSA_CLIP``        which clip: of the tiny model's two, or of the benchmark's test split
 ``RTSA_TAU``, ``RTSA_RHO``, ``RTSA_R``  delta threshold, sub-vector keep ratio, STA tokens per
                      group
 ``RTSA_STALL``, ``RTSA_SEED``  random stalls
+``RTSA_RESULTS``     optional JSON file: logits (chip and golden), classes, the clip's label,
+                     and per pass its counters, ideal cycles and the beats to and from the host
 """
 
+import json
 import os
 
 import cocotb
@@ -21,20 +26,58 @@ from sim.runner import config_from_env
 from sim.streams import input_ports, run_cocotb_plan, start_clock_and_reset
 
 
+def model_and_clip(environ=None):
+    """``(IntVidT, uint8 clip [C, T, H, W], label or None)`` named by the environment."""
+    env = os.environ if environ is None else environ
+    which, clip = env.get("RTSA_MODEL", "tiny"), int(env["RTSA_CLIP"])
+    if which == "tiny":
+        q, videos = tiny_model(int(env["RTSA_MODEL_SEED"]))
+        return q, videos[clip], None
+    if which == "bench":
+        from golden import benchmark
+        videos, labels = benchmark.clips(1, start=clip)
+        return benchmark.int_model(), videos[0], int(labels[0])
+    raise ValueError("RTSA_MODEL must be 'tiny' or 'bench', not {!r}".format(which))
+
+
+def _beats(streams):
+    return sum(len(beats) for _, beats in streams)
+
+
 @cocotb.test()
 async def model_matches_golden(dut):
     cfg = config_from_env()
     env = settings_from_env()
     top = Model(cfg)
     await start_clock_and_reset(dut, idle=input_ports(top))
-    q, videos = tiny_model(int(os.environ["RTSA_MODEL_SEED"]))
-    job = model_job(cfg, q, videos[int(os.environ["RTSA_CLIP"])],
-                    tau=int(os.environ["RTSA_TAU"]), rho=float(os.environ["RTSA_RHO"]),
-                    r=int(os.environ["RTSA_R"]))
-    for k, plan in enumerate(job.plans()):
+    q, video, label = model_and_clip()
+    job = model_job(cfg, q, video, tau=int(os.environ["RTSA_TAU"]),
+                    rho=float(os.environ["RTSA_RHO"]), r=int(os.environ["RTSA_R"]))
+    plans = job.plans()
+    # Ideal cycles per pass: its block's, the embedding's in the first, the head's in the last.
+    ideal = [b.ideal_cycles for b in job.blocks.blocks] + [0] * (len(plans) - len(job.blocks.blocks))
+    ideal[0] += job.embed.ideal_cycles
+    ideal[-1] += job.head.ideal_cycles
+    passes = []
+    for k, plan in enumerate(plans):
         res = await run_cocotb_plan(dut, top, plan, seed=env["seed"] + 1000 * k,
                                     stall=env["stall"])
-        dut._log.info("%s: done", plan.name)
+        # The pass's cycles: its first-started stage (the last one of the pipeline, see
+        # ModelJob.plans) from START to DONE.
+        cycles = res["counters"][plan.done[-1]]["cycles"]
+        dut._log.info("%s: done, %s cycles", plan.name, cycles)
+        passes.append(dict(name=plan.name, cycles=cycles, ideal_cycles=ideal[k],
+                           counters=res["counters"],
+                           host_in_beats=_beats([s for s in plan.inputs if s[0] != "i"]),
+                           host_out_beats=_beats([s for s in plan.outputs if s[0] != "o"]),
+                           load_beats=sum(len(s[2]) for s in plan.setup if s[0] == "load")))
     logits = [v for beat in res["outputs"]["o"] for v in beat["data"]]
-    dut._log.info("logits %s (golden %s)", logits, job.logits.tolist())
-    assert logits == job.logits.tolist()
+    want = job.logits.tolist()
+    dut._log.info("logits %s (golden %s)", logits, want)
+    if env["results"]:
+        with open(env["results"], "w") as f:
+            json.dump(dict(job=job.name, label=label, logits=logits, golden_logits=want,
+                           predicted=logits.index(max(logits)),
+                           golden_predicted=want.index(max(want)),
+                           ideal_cycles=job.ideal_cycles, passes=passes), f, indent=1)
+    assert logits == want

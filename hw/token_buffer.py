@@ -1,0 +1,188 @@
+"""The token buffer between the whole model's blocks: a block's output tokens on chip, and the
+STA keep list that says which of them go on.
+
+The model (:class:`hw.model.Model`) runs one block per pass. A pass that ends in the buffer
+(``route.dest`` 1) *fills* it with the block's ``tokens`` output tokens; the next pass *drains*
+it into the next block (``dest`` 0) or into the head (``dest`` 1): every held token in order,
+or, with ``listed`` set, the tokens of the keep list that the host loaded in between through
+``keep_load`` (STA: the host reads the stage block's reports, selects with
+:class:`golden.sta.STAPruner` and sends back only the indices of the tokens it keeps, not the
+tokens). A drain reads without consuming, so the same tokens can be drained again.
+
+* **Fill** (``mode`` 0): ``tokens`` tokens of ``d`` channels from ``i``, ``d / lanes`` beats
+  each, stored at ``token * (max_d / lanes) + beat``; DONE when all are in.
+* **Drain** (``mode`` 1): ``tokens`` tokens out, ``d / lanes`` beats each, ``last`` on the
+  final one; DONE when all have left.
+* **Keep list**: token indices, one a beat, loaded while idle (``reset_load`` restarts it);
+  ascending, each index below the tokens held. It applies to the whole clip's token set, in
+  the order STA keeps tokens: frame group after frame group, each group's kept tokens in
+  token order (:meth:`golden.sta.STAPruner.prune`), so it is the groups' lists concatenated.
+
+Errors (``config``: START refused, nothing runs, the held tokens and the list are kept):
+
+* ``config``: ``d`` not a multiple of lanes in ``lanes .. max_d``; ``tokens`` 0 or past
+  ``max_tokens``; a drain of more tokens than held; a listed drain whose list does not hold
+  exactly ``tokens`` entries (the wrong count), whose last (largest) index is not below the
+  tokens held (out of range), or that had an ``order`` error since ``reset_load``;
+* ``order`` (on load): an index not above the one before it (a duplicate or an unsorted list),
+  or at or past ``max_tokens``; the list is marked bad until ``reset_load``;
+* ``token`` (fill): a ``last`` that disagreed with ``d / lanes`` beats (the beat counter
+  resynchronises on ``last``; the token is stored as it came).
+
+Throughput: one beat a cycle in and out. Latency: a drain's first beat two cycles after START
+(a synchronous block-RAM read, held while ``o`` stalls).
+"""
+
+from amaranth.hdl import Module, Mux, Signal, unsigned
+from amaranth.lib import data, stream
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from hw.engine import Engine, EngineRegisters, Setting, token_width
+from hw.linear_engine import activation_layout
+
+__all__ = ["REGISTERS", "TokenBuffer", "keep_load_layout"]
+
+#: :class:`TokenBuffer`'s registers (:mod:`hw.engine`).
+REGISTERS = EngineRegisters(
+    "token_buffer",
+    settings=[Setting("mode", 1, doc="0: fill from i, 1: drain to o or head"),
+              Setting("d", doc="token width d (a multiple of lanes, at most max_d)"),
+              Setting("tokens", doc="tokens filled or drained (1 .. max_tokens)"),
+              Setting("listed", 1, doc="drain: 1: the keep list's tokens, 0: every held one"),
+              Setting("dest", 1, doc="drain: 0: o (the next block), 1: head")],
+    errors=(("order", "a keep-list index not above the one before it, or past max_tokens "
+                      "(the list is bad until reset_load)"),
+            ("token", "a token's last disagreed with d / lanes beats")),
+    counters=(("tokens_in", "tokens filled (after a fill: the tokens held)"),
+              ("tokens_out", "tokens drained")),
+    pulses=(("reset_load", "restart the keep list at entry 0"),))
+
+
+def keep_load_layout(config):
+    """One ``keep_load`` beat: the index of a kept token among the tokens held."""
+    return data.StructLayout({"index": unsigned(config.column_bits)})
+
+
+class TokenBuffer(Engine):
+    """A block's output tokens on chip, drained whole or by a keep list (module docstring).
+
+    Attributes
+    ----------
+    i : ``In(stream)`` of :func:`hw.linear_engine.activation_layout`: the fill.
+    o, head : ``Out(stream)`` of the same layout: the drain (setting ``dest``).
+    keep_load : ``In(stream)`` of :func:`keep_load_layout`: the keep list, while idle.
+    csr : registers :data:`REGISTERS`.
+    """
+
+    registers = REGISTERS
+
+    def __init__(self, config):
+        layout = activation_layout(config)
+        super().__init__(config, {"i": In(stream.Signature(layout)),
+                                  "o": Out(stream.Signature(layout)),
+                                  "head": Out(stream.Signature(layout)),
+                                  "keep_load": In(stream.Signature(keep_load_layout(config)))})
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._config
+        stride = cfg.max_d // cfg.lanes
+        ctl = self.control(m)
+        st = ctl.settings
+        beats, width_ok = token_width(m, ctl, cfg)
+        m.submodules.tokens = mem = Memory(shape=activation_layout(cfg).members["data"],
+                                           depth=cfg.max_tokens * stride, init=[])
+        held = Signal(range(cfg.max_tokens + 1))
+        keep, keep_ok = self._keep_list(m, ctl, held)
+        fill, drain = ctl.running & ~st.mode, ctl.running & st.mode
+        m.d.comb += ctl.config_ok.eq(
+            width_ok & (st.tokens != 0) & (st.tokens <= cfg.max_tokens)
+            & (~st.mode | ((st.tokens <= held) & (~st.listed | keep_ok))))
+
+        # Fill: beat `beat` of token `tok` at tok * stride + beat.
+        i, wp = self.i, mem.write_port()
+        tok = Signal(range(cfg.max_tokens + 1))
+        beat = Signal(range(stride))
+        take = i.valid & i.ready
+        ends = take & i.payload.last
+        m.d.comb += [i.ready.eq(fill & (ctl.counters.tokens_in < st.tokens)),
+                     wp.addr.eq(tok * stride + beat), wp.data.eq(i.payload.data),
+                     wp.en.eq(take), ctl.count.tokens_in.eq(ends),
+                     ctl.raise_error.token.eq(take & (i.payload.last != (beat == beats - 1)))]
+        with m.If(take):
+            m.d.sync += beat.eq(Mux(i.payload.last, 0, beat + 1))
+            with m.If(ends):
+                m.d.sync += tok.eq(tok + 1)
+        with m.If(ctl.pulse.start):
+            m.d.sync += [tok.eq(0), beat.eq(0)]
+        with m.If(ctl.pulse.start & ctl.config_ok & ~st.mode):
+            m.d.sync += held.eq(0)
+        with m.Elif(ends):
+            m.d.sync += held.eq(held + 1)
+
+        self._drain(m, ctl, mem, drain, beats, keep)
+        m.d.comb += ctl.finished.eq(Mux(st.mode, ctl.counters.tokens_out,
+                                        ctl.counters.tokens_in) == st.tokens)
+        return m
+
+    def _drain(self, m, ctl, mem, drain, beats, keep):
+        """Read token ``keep(j)`` (or ``j``) beat by beat into ``o`` or ``head``: a registered
+        read address, the read port enabled whenever the output register can move."""
+        cfg = self._config
+        stride = cfg.max_d // cfg.lanes
+        st = ctl.settings
+        rp = mem.read_port()
+        out = Signal(activation_layout(cfg))   # valid and last of the beat in the read port
+        valid = Signal()
+        j = Signal(range(cfg.max_tokens + 1))      # drained tokens issued
+        beat = Signal(range(stride))
+        src, index = keep
+        m.d.comb += index.eq(j)
+        ports = (self.o, self.head)
+        ready = Mux(st.dest, self.head.ready, self.o.ready)
+        advance = ~valid | ready
+        issue = drain & (j < st.tokens) & advance
+        m.d.comb += [rp.addr.eq(Mux(st.listed, src, j) * stride + beat), rp.en.eq(advance)]
+        with m.If(advance):
+            m.d.sync += [valid.eq(issue), out.last.eq(beat == beats - 1)]
+        with m.If(issue):
+            m.d.sync += beat.eq(Mux(beat == beats - 1, 0, beat + 1))
+            with m.If(beat == beats - 1):
+                m.d.sync += j.eq(j + 1)
+        with m.If(ctl.pulse.start):
+            m.d.sync += [j.eq(0), beat.eq(0), valid.eq(0)]
+        for k, port in enumerate(ports):
+            m.d.comb += [port.valid.eq(valid & (st.dest == k)), port.payload.data.eq(rp.data),
+                         port.payload.last.eq(out.last)]
+        m.d.comb += ctl.count.tokens_out.eq(valid & ready & out.last)
+
+    def _keep_list(self, m, ctl, held):
+        """The keep list: ``((entry, index), ok)``: the entry at ``index`` (asynchronous read,
+        ``max_tokens`` small words), and whether the list may be drained now."""
+        cfg = self._config
+        m.submodules.keep = mem = Memory(shape=keep_load_layout(cfg), depth=cfg.max_tokens,
+                                         init=[])
+        wp, rp = mem.write_port(), mem.read_port(domain="comb")
+        fill = Signal(range(cfg.max_tokens + 1))
+        last = Signal(cfg.column_bits)              # the last index loaded
+        bad = Signal()
+        load = self.keep_load
+        idx = load.payload.index
+        take = load.valid & load.ready
+        wrong = take & (((fill != 0) & (idx <= last)) | (idx >= cfg.max_tokens)
+                        | (fill == cfg.max_tokens))
+        m.d.comb += [load.ready.eq(~ctl.running), wp.addr.eq(fill), wp.data.eq(load.payload),
+                     wp.en.eq(take & ~wrong), ctl.raise_error.order.eq(wrong)]
+        with m.If(ctl.pulse.reset_load):
+            m.d.sync += [fill.eq(0), bad.eq(0)]
+        with m.Elif(take):
+            m.d.sync += last.eq(idx)
+            with m.If(wrong):
+                m.d.sync += bad.eq(1)
+            with m.Else():
+                m.d.sync += fill.eq(fill + 1)
+        index = Signal(range(cfg.max_tokens + 1))
+        m.d.comb += rp.addr.eq(index)
+        ok = ~bad & (fill == ctl.settings.tokens) & (last < held)
+        return (rp.data.index, index), ok
