@@ -93,29 +93,27 @@ class TokenBuffer(Engine):
         beats, width_ok = token_width(m, ctl, cfg)
         m.submodules.tokens = mem = Memory(shape=activation_layout(cfg).members["data"],
                                            depth=cfg.max_tokens * stride, init=[])
-        held = Signal(range(cfg.max_tokens + 1))
+        held = Signal(range(cfg.max_tokens + 1))    # tokens filled (the fill's write token)
         keep, keep_ok = self._keep_list(m, ctl, held)
         fill, drain = ctl.running & ~st.mode, ctl.running & st.mode
         m.d.comb += ctl.config_ok.eq(
             width_ok & (st.tokens != 0) & (st.tokens <= cfg.max_tokens)
             & (~st.mode | ((st.tokens <= held) & (~st.listed | keep_ok))))
 
-        # Fill: beat `beat` of token `tok` at tok * stride + beat.
+        # Fill: beat `beat` of token `held` at held * stride + beat.
         i, wp = self.i, mem.write_port()
-        tok = Signal(range(cfg.max_tokens + 1))
         beat = Signal(range(stride))
         take = i.valid & i.ready
         ends = take & i.payload.last
         m.d.comb += [i.ready.eq(fill & (ctl.counters.tokens_in < st.tokens)),
-                     wp.addr.eq(tok * stride + beat), wp.data.eq(i.payload.data),
+                     wp.addr.eq(held * stride + beat), wp.data.eq(i.payload.data),
                      wp.en.eq(take), ctl.count.tokens_in.eq(ends),
                      ctl.raise_error.token.eq(take & (i.payload.last != (beat == beats - 1)))]
         with m.If(take):
             m.d.sync += beat.eq(Mux(i.payload.last, 0, beat + 1))
-            with m.If(ends):
-                m.d.sync += tok.eq(tok + 1)
         with m.If(ctl.pulse.start):
-            m.d.sync += [tok.eq(0), beat.eq(0)]
+            m.d.sync += beat.eq(0)
+        # A fill restarts the held tokens; a drain (or a refused START) keeps them.
         with m.If(ctl.pulse.start & ctl.config_ok & ~st.mode):
             m.d.sync += held.eq(0)
         with m.Elif(ends):
@@ -133,19 +131,17 @@ class TokenBuffer(Engine):
         stride = cfg.max_d // cfg.lanes
         st = ctl.settings
         rp = mem.read_port()
-        out = Signal(activation_layout(cfg))   # valid and last of the beat in the read port
-        valid = Signal()
+        valid, last = Signal(), Signal()           # of the beat in the read port
         j = Signal(range(cfg.max_tokens + 1))      # drained tokens issued
         beat = Signal(range(stride))
-        src, index = keep
-        m.d.comb += index.eq(j)
+        m.d.comb += keep.addr.eq(j)
         ports = (self.o, self.head)
         ready = Mux(st.dest, self.head.ready, self.o.ready)
         advance = ~valid | ready
         issue = drain & (j < st.tokens) & advance
-        m.d.comb += [rp.addr.eq(Mux(st.listed, src, j) * stride + beat), rp.en.eq(advance)]
+        m.d.comb += [rp.addr.eq(Mux(st.listed, keep.data.index, j) * stride + beat), rp.en.eq(advance)]
         with m.If(advance):
-            m.d.sync += [valid.eq(issue), out.last.eq(beat == beats - 1)]
+            m.d.sync += [valid.eq(issue), last.eq(beat == beats - 1)]
         with m.If(issue):
             m.d.sync += beat.eq(Mux(beat == beats - 1, 0, beat + 1))
             with m.If(beat == beats - 1):
@@ -154,12 +150,12 @@ class TokenBuffer(Engine):
             m.d.sync += [j.eq(0), beat.eq(0), valid.eq(0)]
         for k, port in enumerate(ports):
             m.d.comb += [port.valid.eq(valid & (st.dest == k)), port.payload.data.eq(rp.data),
-                         port.payload.last.eq(out.last)]
-        m.d.comb += ctl.count.tokens_out.eq(valid & ready & out.last)
+                         port.payload.last.eq(last)]
+        m.d.comb += ctl.count.tokens_out.eq(valid & ready & last)
 
     def _keep_list(self, m, ctl, held):
-        """The keep list: ``((entry, index), ok)``: the entry at ``index`` (asynchronous read,
-        ``max_tokens`` small words), and whether the list may be drained now."""
+        """The keep list: ``(read port, ok)``: its asynchronous read port (``max_tokens`` small
+        words; the drain sets the address), and whether the list may be drained now."""
         cfg = self._config
         m.submodules.keep = mem = Memory(shape=keep_load_layout(cfg), depth=cfg.max_tokens,
                                          init=[])
@@ -182,7 +178,5 @@ class TokenBuffer(Engine):
                 m.d.sync += bad.eq(1)
             with m.Else():
                 m.d.sync += fill.eq(fill + 1)
-        index = Signal(range(cfg.max_tokens + 1))
-        m.d.comb += rp.addr.eq(index)
         ok = ~bad & (fill == ctl.settings.tokens) & (last < held)
-        return (rp.data.index, index), ok
+        return rp, ok
