@@ -33,7 +33,7 @@ from pathlib import Path
 
 from hw.block import PROJECTIONS
 from hw.config import preset
-from sim.runner import REPO, run_cocotb
+from sim.runner import REPO, run_cocotb, write_report
 
 TOKENS = (49, 196, 392)
 TARGETS = {"cycles_over_ideal": 1.10, "array_busy": 0.95, "speedup_over_ideal_saving": 0.9}
@@ -131,13 +131,7 @@ def main(argv=None):
     meta = {"clip": args.clip, "tau": args.tau, "rho": args.rho, "preset": cfg.name,
             "macs_per_cycle": cfg.macs_per_cycle, "targets": TARGETS, "speedups": speedups,
             "verdicts": words, "targets_met": ok}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "block.json").write_text(json.dumps({"rows": rows, **meta}, indent=1) + "\n")
-    text = markdown(cfg, meta, rows)
-    (args.out / "block.md").write_text(text)
-    print(text)
-    print("wrote {}, {} ({:.0f} s)".format(args.out / "block.json", args.out / "block.md",
-                                          time.time() - t0))
+    write_report(args.out, "block", {"rows": rows, **meta}, markdown(cfg, meta, rows), t0)
     return 0 if ok else 1
 
 

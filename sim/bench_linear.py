@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from hw.config import preset
-from sim.runner import REPO, SIMULATORS, run_cocotb
+from sim.runner import REPO, SIMULATORS, run_cocotb, write_report
 from sim.vectors import benchmark_vectors
 
 LAYERS = ("qkv", "proj", "fc1", "fc2")
@@ -113,14 +113,8 @@ def main(argv=None):
     meta = {"clip": args.clip, "block": args.block, "tau": args.tau,
             "simulator": args.simulator, "preset": cfg.name, "rows": cfg.rows,
             "lanes": cfg.lanes, "macs_per_cycle": cfg.macs_per_cycle, "target": TARGET}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "linear.json").write_text(json.dumps(
-        [dict(row, **meta) for row in rows], indent=1) + "\n")
-    text = markdown(cfg, meta, rows)
-    (args.out / "linear.md").write_text(text)
-    print(text)
-    print("wrote {}, {} ({:.0f} s)".format(args.out / "linear.json", args.out / "linear.md",
-                                          time.time() - t0))
+    write_report(args.out, "linear", [dict(row, **meta) for row in rows],
+                 markdown(cfg, meta, rows), t0)
     return 0
 
 

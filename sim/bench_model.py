@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 from hw.config import preset
-from sim.runner import REPO, run_cocotb
+from sim.runner import REPO, run_cocotb, write_report
 
 CLIENTS = ("embed", "qkv", "predict", "attention", "proj", "fc1", "fc2", "head")
 
@@ -122,12 +122,7 @@ def main(argv=None):
              for r in rows)
     meta = {"tau": args.tau, "rho": args.rho, "r": args.r, "preset": cfg.name,
             "macs_per_cycle": cfg.macs_per_cycle, "bit_exact": ok}
-    (args.out / "model.json").write_text(json.dumps({"clips": rows, **meta}, indent=1) + "\n")
-    text = markdown(cfg, meta, rows)
-    (args.out / "model.md").write_text(text)
-    print(text)
-    print("wrote {}, {} ({:.0f} s)".format(args.out / "model.json", args.out / "model.md",
-                                          time.time() - t0))
+    write_report(args.out, "model", {"clips": rows, **meta}, markdown(cfg, meta, rows), t0)
     return 0 if ok else 1
 
 

@@ -21,7 +21,7 @@ from hw.config import RTSAConfig
 from hw.designs import DESIGNS, design_class, write_verilog
 
 __all__ = ["REPO", "SIMULATORS", "ENGINE_COSIM_SIMULATORS", "DESIGNS", "design_class", "write_verilog", "run_cocotb",
-           "config_from_env", "config_to_env"]
+           "config_from_env", "config_to_env", "write_report"]
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD = REPO / "build" / "sim"
@@ -53,6 +53,18 @@ BUILD_ARGS = {"icarus": ICARUS_ARGS, "verilator": VERILATOR_ARGS}
 #: Benchmarks run long simulations of one model: there an optimised C++ build pays off.
 OPTIMISED_ARGS = {"icarus": ICARUS_ARGS,
                   "verilator": ["-O1" if a == "-O0" else a for a in VERILATOR_ARGS]}
+
+def write_report(out, name, payload, text, t0):
+    """A bench's report: ``out/<name>.json`` (``payload``) and ``out/<name>.md`` (``text``);
+    prints the table, then where they went and the seconds since ``t0``."""
+    import time
+    out.mkdir(parents=True, exist_ok=True)
+    (out / (name + ".json")).write_text(json.dumps(payload, indent=1) + "\n")
+    (out / (name + ".md")).write_text(text)
+    print(text)
+    print("wrote {}, {} ({:.0f} s)".format(out / (name + ".json"), out / (name + ".md"),
+                                          time.time() - t0))
+
 
 def config_to_env(config):
     return {"RTSA_CONFIG": json.dumps({f: getattr(config, f)

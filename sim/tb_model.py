@@ -55,7 +55,8 @@ async def model_matches_golden(dut):
                     rho=float(os.environ["RTSA_RHO"]), r=int(os.environ["RTSA_R"]))
     plans = job.plans()
     # Ideal cycles per pass: its block's, the embedding's in the first, the head's in the last.
-    ideal = [b.ideal_cycles for b in job.blocks.blocks] + [0] * (len(plans) - len(job.blocks.blocks))
+    blocks = job.blocks.blocks
+    ideal = [b.ideal_cycles for b in blocks] + [0] * (len(plans) - len(blocks))
     ideal[0] += job.embed.ideal_cycles
     ideal[-1] += job.head.ideal_cycles
     passes = []
