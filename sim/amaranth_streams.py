@@ -33,15 +33,25 @@ class StreamStalls:
         return self.rng.randint(1, self.max_wait) if self.rng.random() < self.prob else 0
 
 
-async def put_all(ctx, port, payloads, stalls=None):
-    """Send every payload on ``port`` (a stream interface the testbench drives)."""
-    for payload in payloads:
+async def put_all(ctx, port, payloads, stalls=None, timeout=100_000):
+    """Send every payload on ``port`` (a stream interface the testbench drives).
+
+    Raises :exc:`TimeoutError` when a payload waits ``timeout`` cycles for ``ready``, so a
+    design that never takes its input fails the test instead of stalling it.
+    """
+    for k, payload in enumerate(payloads):
         if stalls is not None:
             for _ in range(stalls.wait()):
                 await ctx.tick()
         ctx.set(port.valid, 1)
         ctx.set(port.payload, payload)
-        await ctx.tick().until(port.ready)
+        for _ in range(timeout):
+            *_, ready = await ctx.tick().sample(port.ready)
+            if ready:
+                break
+        else:
+            raise TimeoutError("payload {} of {} not taken in {} cycles"
+                               .format(k, len(payloads), timeout))
         ctx.set(port.valid, 0)
 
 
