@@ -84,7 +84,8 @@ class Plan:
 class JobDriver:
     """Runs one :class:`Plan` on ``top`` (the :class:`hw.pipeline.Pipeline` whose ports and
     register windows the backend drives), with seeded stalls on the input and output streams
-    (stream ``k`` of the plan uses seed ``seed + k``)."""
+    (stream ``k`` of the plan uses seed ``seed + k``). ``stall`` is the stall probability of
+    every stream, or a pair ``(inputs, outputs)`` of them (a slow sink behind a fast source)."""
 
     def __init__(self, top, plan, *, seed, stall, done_polls=20, max_wait=3):
         self.top, self.plan = top, plan
@@ -94,8 +95,9 @@ class JobDriver:
         self._sent = 0                  # input streams fully sent
         self.result = {"outputs": {}, "status": {}, "counters": {}, "seen": {}}
 
-    def _stalls(self, k):
-        return StreamStalls(self.seed + k, self.stall, self.max_wait) if self.stall else None
+    def _stalls(self, k, output=False):
+        prob = self.stall[output] if isinstance(self.stall, tuple) else self.stall
+        return StreamStalls(self.seed + k, prob, self.max_wait) if prob else None
 
     def _addr(self, stage, register):
         return self.top.addr(stage, register)
@@ -151,7 +153,7 @@ class JobDriver:
                 while not self.go:
                     await be.tick()
                 self.result["outputs"][port] = await be.receive(
-                    port, len(expected), self._stalls(len(self.plan.inputs) + k),
+                    port, len(expected), self._stalls(len(self.plan.inputs) + k, output=True),
                     self.plan.timeout)
             return run
         return [sink(k, p, e) for k, (p, e) in enumerate(self.plan.outputs)]
