@@ -27,6 +27,11 @@ A **stage** is a ``wiring.Component`` with
   ``(stage, port, stage, port)``, an ``Out`` port of one stage feeding an ``In`` port of
   another (the on-chip predictor's masks into the attention engine).
 
+A **side** component (``sides``) sits beside the activation chain: it gets a register window
+(after the stages') and its ports, ``i`` and ``o`` included, are linked or exposed like a
+stage's extra ports (the whole model's token buffer, fed by one stage and feeding two
+others). A side may not be a PE client or hold sequences.
+
 Skip paths: ``(fork, join, depth)`` copies every beat entering stage ``fork`` into a FIFO of
 ``depth`` beats that feeds ``join.skip`` (:class:`Tee`). A beat enters ``fork`` only when the
 FIFO has room, so ``depth`` must hold every beat between the two that ``join`` needs before
@@ -172,7 +177,9 @@ class Pipeline(wiring.Component):
     skips : sequence of (fork, join, depth)
         Skip paths (see the module docstring).
     links : sequence of (stage, port, stage, port)
-        Ports joined inside the pipeline (see the module docstring).
+        Ports joined inside the pipeline (see the module docstring); a side may be named.
+    sides : sequence of (name, component)
+        Components beside the chain (see the module docstring).
 
     Attributes
     ----------
@@ -181,12 +188,15 @@ class Pipeline(wiring.Component):
     <name> : the extra ports of stage ``name``.
     """
 
-    def __init__(self, config, stages, *, skips=(), links=()):
-        stages = list(stages)
+    def __init__(self, config, stages, *, skips=(), links=(), sides=()):
+        stages, sides = list(stages), list(sides)
         if not stages:
             raise ValueError("stages must be a non-empty list of (name, stage), not {!r}"
                              .format(stages))
-        names = [n for n, _ in stages]
+        for n, s in sides:
+            if {"pe", "credit", "skip"} & set(s.signature.members):
+                raise ValueError("side {!r} must not have a pe, credit or skip port".format(n))
+        names = [n for n, _ in stages + sides]
         for n in names:
             if not isinstance(n, str) or not n.isidentifier() or n in _RESERVED:
                 raise ValueError("stage names must be identifiers other than {}, not {!r}"
@@ -199,11 +209,11 @@ class Pipeline(wiring.Component):
                                  "{!r}, not {!r}".format(n1, n0, _payload(s0, "o"),
                                                          _payload(s1, "i")))
         self._skips = self._check_skips(stages, skips)
-        self._links = self._check_links(stages, links)
+        self._links = self._check_links(stages, sides, links)
         linked = {(a, p) for a, p, _, _ in self._links} | {(b, q) for _, _, b, q in self._links}
         self._config = config
-        self._stages = stages
-        with_regs = [(n, s) for n, s in stages if "csr" in s.signature.members]
+        self._stages, self._sides = stages, sides
+        with_regs = [(n, s) for n, s in stages + sides if "csr" in s.signature.members]
         self.window_bits = max((s.registers.addr_bits for _, s in with_regs), default=1)
         #: Stage name -> (base address, :class:`hw.engine.EngineRegisters`).
         self.windows = {n: (k << self.window_bits, s.registers)
@@ -217,6 +227,12 @@ class Pipeline(wiring.Component):
             extra = {p: mem for p, mem in s.signature.members.items()
                      if p not in _RESERVED and not (p == "skip" and n in joins)
                      and (n, p) not in linked}
+            self._extra[n] = tuple(extra)
+            if extra:
+                members[n] = Out(wiring.Signature(extra))
+        for n, s in sides:
+            extra = {p: mem for p, mem in s.signature.members.items()
+                     if p != "csr" and (n, p) not in linked}
             self._extra[n] = tuple(extra)
             if extra:
                 members[n] = Out(wiring.Signature(extra))
@@ -243,8 +259,11 @@ class Pipeline(wiring.Component):
         return out
 
     @staticmethod
-    def _check_links(stages, links):
-        by_name = dict(stages)
+    def _check_links(stages, sides, links):
+        by_name = dict(stages + sides)
+        # A stage's chain ports are the pipeline's; a side's i and o are ordinary ports.
+        chain = {n for n, _ in stages}
+        reserved = {n: _RESERVED if n in chain else ("csr",) for n in by_name}
         out = []
         for link in links:
             if len(link) != 4 or link[0] not in by_name or link[2] not in by_name:
@@ -252,7 +271,7 @@ class Pipeline(wiring.Component):
                                  "{!r}".format(link))
             a, p, b, q = link
             ma, mb = by_name[a].signature.members, by_name[b].signature.members
-            if p not in ma or q not in mb or p in _RESERVED or q in _RESERVED \
+            if p not in ma or q not in mb or p in reserved[a] or q in reserved[b] \
                     or ma[p].flow != Out or mb[q].flow != In \
                     or ma[p].signature != mb[q].signature.flip():
                 raise ValueError("link {!r} must join an Out port to a matching In port"
@@ -276,11 +295,11 @@ class Pipeline(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         stages = self._stages
-        for n, s in stages:
+        for n, s in stages + self._sides:
             m.submodules[n] = s
             for p in self._extra[n]:
                 connect(m, wiring.flipped(getattr(getattr(self, n), p)), getattr(s, p))
-        by_name = dict(stages)
+        by_name = dict(stages + self._sides)
         for a, p, b, q in self._links:
             connect(m, getattr(by_name[a], p), getattr(by_name[b], q))
 

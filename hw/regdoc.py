@@ -53,6 +53,7 @@ DECLARATIONS = (
     ("hw.mean_pool.REGISTERS", "hw.mean_pool", "REGISTERS"),
     ("hw.route.SELECT_REGISTERS", "hw.route", "SELECT_REGISTERS"),
     ("hw.route.ROUTE_REGISTERS", "hw.route", "ROUTE_REGISTERS"),
+    ("hw.token_buffer.REGISTERS", "hw.token_buffer", "REGISTERS"),
     ("hw.pipeline.PassThrough.registers", "hw.pipeline", "PassThrough.registers"),
 )
 

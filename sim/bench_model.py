@@ -10,16 +10,19 @@ block adds a head pass), every output of every stage checked on the way (``sim.t
 ``build/bench/model.json`` has one entry per clip::
 
     {"clip", "label", "logits", "golden_logits", "predicted", "golden_predicted",
-     "cycles", "ideal_cycles", "array_busy", "load_beats", "host_beats", "passes": [...]}
+     "cycles", "ideal_cycles", "array_busy", "load_beats", "report_beats", "keep_beats",
+     "passes": [...]}
 
 * ``cycles``: the passes' cycles summed (each pass from its first START to its last DONE:
   the pipeline drains between passes); ``ideal_cycles``: every performed MAC (embedding,
   projections, predictor, attention, head) over rows x lanes;
 * ``load_beats``: the beats that load every constant of the model (one a cycle) before the
   first pass, beside the compute cycles, not in them;
-* ``host_beats``: the beats between the chip and the host during the passes (the STA reports
-  and the kept tokens sent back, the next block's input): they are inside ``cycles``; the
-  host's selection time (``golden.sta.STAPruner``) is not.
+* ``report_beats``: the STA report beats to the host (head-summed keys and ``sum |x|`` per
+  token of a stage block), inside ``cycles``; ``keep_beats``: the keep-list beats back (one
+  token index each), loaded between passes, one a cycle, not inside ``cycles``; the host's
+  selection time (``golden.sta.STAPruner``) is in neither. The tokens themselves stay on
+  chip, in the token buffer.
 
 The bench exits non-zero when a clip's logits differ from the golden model's (the testbench
 asserts it) or its predicted class differs from the golden model's.
@@ -59,7 +62,7 @@ def summarise(clip, res):
                        "cycles": p["cycles"], "ideal_cycles": p["ideal_cycles"],
                        "cycles_over_ideal": p["cycles"] / p["ideal_cycles"],
                        "array_busy": busy / p["cycles"], "busy_cycles": busy,
-                       "host_beats": p["host_in_beats"] + p["host_out_beats"]})
+                       "report_beats": p["host_out_beats"], "keep_beats": p["host_in_beats"]})
     cycles = sum(p["cycles"] for p in passes)
     busy = sum(p["busy_cycles"] for p in passes)
     return {"clip": clip, "label": res["label"], "logits": res["logits"],
@@ -68,7 +71,8 @@ def summarise(clip, res):
             "ideal_cycles": res["ideal_cycles"], "cycles_over_ideal": cycles / res["ideal_cycles"],
             "array_busy": busy / cycles,
             "load_beats": sum(p["load_beats"] for p in res["passes"]),
-            "host_beats": sum(p["host_beats"] for p in passes), "passes": passes}
+            "report_beats": sum(p["report_beats"] for p in passes),
+            "keep_beats": sum(p["keep_beats"] for p in passes), "passes": passes}
 
 
 def markdown(cfg, meta, rows):
@@ -76,26 +80,29 @@ def markdown(cfg, meta, rows):
         "# The whole benchmark model on one PE array: held-out clips under Verilator", "",
         "Preset `{}` ({} rows x {} lanes = {} MACs/cycle), test clips {}, tau = {}, r = {}, "
         "rho = {} (`make eval`'s combined point); every stage's output bit-exact against the "
-        "golden model on the way. Ideal = performed MACs / {}. Host beats (STA reports out, "
-        "kept tokens in) are inside the cycles; loading the constants ({} beats, one a cycle) "
+        "golden model on the way. Ideal = performed MACs / {}. The tokens stay on chip (token "
+        "buffer); the STA report beats to the host are inside the cycles; the keep-list beats "
+        "back (one index each, between passes), loading the constants ({} beats, one a cycle) "
         "and the host's STA selection time are not.".format(
             cfg.name, cfg.rows, cfg.lanes, cfg.macs_per_cycle,
             ", ".join(str(r["clip"]) for r in rows), meta["tau"], meta["r"], meta["rho"],
             cfg.macs_per_cycle, rows[0]["load_beats"]), "",
         "| clip | label | predicted (chip / golden) | logits equal | cycles | ideal | "
-        "cycles / ideal | array busy | host beats |",
-        "|---:|---:|---|---|---:|---:|---:|---:|---:|"]
+        "cycles / ideal | array busy | reports out | keep list in |",
+        "|---:|---:|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append("| {clip} | {label} | {predicted} / {golden_predicted} | {eq} | {cycles} "
                      "| {ideal_cycles:.0f} | {cycles_over_ideal:.3f} | {array_busy:.1%} "
-                     "| {host_beats} |".format(eq="yes" if r["logits"] == r["golden_logits"]
+                     "| {report_beats} | {keep_beats} |".format(eq="yes" if r["logits"] == r["golden_logits"]
                                                else "NO", **r))
     lines += ["", "Per pass (clip {}):".format(rows[0]["clip"]), "",
-              "| pass | tokens in | cycles | ideal | cycles / ideal | array busy | host beats |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
+              "| pass | tokens in | cycles | ideal | cycles / ideal | array busy | reports out "
+              "| keep list in |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for p in rows[0]["passes"]:
         lines.append("| {name} | {tokens} | {cycles} | {ideal_cycles:.0f} "
-                     "| {cycles_over_ideal:.3f} | {array_busy:.1%} | {host_beats} |".format(**p))
+                     "| {cycles_over_ideal:.3f} | {array_busy:.1%} | {report_beats} "
+                     "| {keep_beats} |".format(**p))
     lines += ["", "Logits (chip = golden): " + "; ".join(
         "clip {}: {}".format(r["clip"], r["logits"]) for r in rows), ""]
     return "\n".join(lines)

@@ -19,7 +19,9 @@ Ports are named by path: ``"i"``, ``"o"``, ``"qkv.w_load"`` (Verilog ``qkv__w_lo
 :class:`sim.streams.CocotbBackend`): an object with ``tick(n)``, ``write(addr, value)``,
 ``read(addr)``, ``send(port, beats, stalls)``, ``receive(port, count, stalls, timeout)``,
 ``ready(port)``. Every wait is bounded: outputs by ``timeout`` idle cycles, DONE by
-``done_polls`` reads. :func:`run_amaranth` runs a plan under Amaranth's simulator;
+``done_polls`` back-to-back reads and then reads spaced ever further apart (up to 1024
+cycles: a pass with no output stream, which fills the token buffer, waits for DONE without
+Python work every cycle) until ``timeout`` cycles have passed. :func:`run_amaranth` runs a plan under Amaranth's simulator;
 ``sim.streams.run_cocotb_plan`` under cocotb. :meth:`Plan.check` compares a result with the
 expectation, exactly.
 """
@@ -169,10 +171,15 @@ class JobDriver:
             await be.tick()
         regs = self.top.windows
         for stage in dict.fromkeys(list(self.plan.done) + list(self.plan.counters)):
-            for _ in range(self.done_polls):
+            polls, waited, step = 0, 0, 1
+            while True:
                 status = await be.read(self._addr(stage, "status"))
-                if regs[stage][1].status(status).done:
+                polls += 1
+                if regs[stage][1].status(status).done or waited >= self.plan.timeout:
                     break
+                if polls >= self.done_polls:
+                    await be.tick(step)
+                    waited, step = waited + step, min(2 * step, 1024)
             self.result["status"][stage] = status
         for stage, wanted in self.plan.counters.items():
             names = list(wanted) or list(regs[stage][1].counters)

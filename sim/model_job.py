@@ -16,8 +16,9 @@ metric from the keys, :func:`golden.sta.key_metric_from_sum`) and sends the next
 the kept tokens, with their spatial positions as the projections' position lists (the ragged
 token set; each delta reference stays with its position).
 
-What is not on chip yet: the token buffer between blocks (the host feeds block ``l + 1`` with
-block ``l``'s output, pruned), the embedding and the head.
+On :class:`hw.block.Block` alone the host feeds block ``l + 1`` with block ``l``'s output,
+pruned; the whole model (:class:`ModelJob`, :class:`hw.model.Model`) keeps it on chip in its
+token buffer and the host sends only the keep list (:attr:`BlocksJob.keeps`).
 
 The expectation of each block is :func:`sim.block_job.block_job`'s (itself checked against
 :meth:`golden.intvidt.IntBlock.forward`); for a single sequence the chain is also checked
@@ -39,7 +40,8 @@ from golden.subvector import SubvectorAttention
 from hw.layernorm import ln_param_words
 from sim.block_job import activation_beats, block_job
 
-__all__ = ["BlocksJob", "blocks_job", "ModelJob", "model_job", "TINY", "tiny_model"]
+__all__ = ["BlocksJob", "blocks_job", "keep_list", "ModelJob", "model_job", "TINY",
+           "tiny_model"]
 
 
 @dataclass
@@ -53,11 +55,15 @@ class BlocksJob:
     out : torch.Tensor
         The last block's expected output ``[N_total, d]`` (pruned, if its block is a stage
         block: what the head pools).
+    keeps : list
+        Per block, the STA keep list applied to its output (the indices of the tokens that go
+        on, ascending), or None where no stage is due (every token goes on).
     """
     name: str
     config: object
     blocks: list
     out: torch.Tensor
+    keeps: list
 
     @property
     def ideal_cycles(self):
@@ -93,7 +99,7 @@ def blocks_job(config, model, xs, n_s, *, tau, rho, r=0, depth=None, delta_enabl
     n = xs[0].shape[0]
     pruner = _pruner(xs, n_s, r, depth)
     tokens = Tokens.full(1, n // n_s, n_s) if pruner else None
-    jobs, seqs, ragged = [], list(xs), False
+    jobs, keeps, seqs, ragged = [], [], list(xs), False
     for b in range(depth):
         stage = pruner is not None and b in pruner.blocks
         job = block_job(config, model.blocks[b], seqs, n_s, tau=tau, rho=rho,
@@ -102,15 +108,29 @@ def blocks_job(config, model, xs, n_s, *, tau, rho, r=0, depth=None, delta_enabl
         jobs.append(job)
         if stage:
             # The host's selection (from what the chip reported, which the job checks).
+            before = tokens
             x, tokens = pruner.prune(b, job.out[None], job.keys[None], tokens)
             seqs, ragged = [x[0]], True
+            keeps.append(keep_list(before, tokens, n_s))
         else:
             seqs = list(job.out.split(seqs[0].shape[0]))
+            keeps.append(None)
     out = seqs[0] if pruner else jobs[-1].out
     if len(xs) == 1:
         _check_against_model(model, xs[0], out, n_s, depth, tau if delta_enable else None,
                              rho, r, config.lanes)
-    return BlocksJob(name=name, config=config, blocks=jobs, out=out)
+    return BlocksJob(name=name, config=config, blocks=jobs, out=out, keeps=keeps)
+
+
+def keep_list(before, after, n_s):
+    """The indices among the tokens ``before`` (:class:`golden.intvidt.Tokens`, one clip) of
+    the tokens ``after`` that STA kept, in ``after``'s order: what the host loads into the
+    token buffer (:class:`hw.token_buffer.TokenBuffer`), which takes them only ascending."""
+    where = {int(t): k for k, t in enumerate(before.frame[0] * n_s + before.spatial[0])}
+    keep = [where[int(t)] for t in after.frame[0] * n_s + after.spatial[0]]
+    if keep != sorted(set(keep)):
+        raise AssertionError("STA kept tokens out of order: {}".format(keep))
+    return keep
 
 
 def _pruner(xs, n_s, r, depth):
@@ -170,81 +190,128 @@ class ModelJob:
 
     def plans(self, *, timeout=None):
         """One :class:`sim.driver.Plan` per block pass (see :mod:`hw.model`); the first loads
-        every constant of the model first."""
+        every constant of the model first. Between passes the tokens stay in the token buffer;
+        the host loads a keep list after an STA stage block."""
         from sim.driver import Plan
-        cfg = self.config
         jobs = self.blocks.blocks
-        n0 = jobs[0].stages["frame"]["tokens_out"]
-        d = self.embed.registers[1][1]                        # d_out of the embedding
-        loads = ([("write", "embed", "layer", 0), ("pulse", "embed", ("reset_load",)),
-                    ("load", "embed.w_load", self.embed.weights),
-                    ("load", "embed.c_load", self.embed.channels),
-                    ("pulse", "pos", ("reset_load",)), ("load", "pos.p_load", self.pos),
-                    ("write", "norm", "layer", 0), ("pulse", "norm", ("reset_load",)),
-                    ("load", "norm.p_load", ln_param_words(cfg, self.norm.gamma.tolist(),
-                                                           self.norm.beta.tolist())),
-                    ("write", "head", "layer", 0), ("pulse", "head", ("reset_load",)),
-                    ("load", "head.w_load", self.head.weights),
-                    ("load", "head.c_load", self.head.channels)]
-                 + [step for b in jobs for step in b.loads])
         # The head runs in the last block's pass, or, when STA prunes after the last block,
         # in a pass of its own on the tokens the host kept.
         head_pass = bool(jobs[-1].reports)
         plans = []
         for k, job in enumerate(jobs + ([None] if head_pass else [])):
-            first = k == 0
-            head = k == len(jobs) - 1 + head_pass
-            program, counters, started, inputs, outputs = [], {}, [], [], []
+            first, head = k == 0, k == len(jobs) - 1 + head_pass
+            program, counters, started = [], {}, []
             if job is not None:
-                n = job.stages["frame"]["tokens_out"]
-                to_head = head and not head_pass
-                program = [s for s in job.program if s[0] != "start"]
-                program += [("write", "select", "tokens", n),
-                            ("write", "select", "source", int(not first)),
-                            ("write", "route", "tokens", n),
-                            ("write", "route", "dest", int(not to_head))]
-                counters = dict(job.stages, select={"tokens_out": n}, route={"tokens_out": n})
-                started = ["select"] + list(job.stages) + ["route"]
-                inputs = [("i", self.pixels)] if first else [("select.host", job.inputs[0][1])]
-                outputs = ([] if to_head else [("route.host", job.expected)]) + job.reports
+                program, counters, started = self._block_pass(k, job, to_head=head and not head_pass)
             if first:
-                program += ([("write", "embed_in", "positions", self.n_s),
-                             ("write", "embed_in", "tokens", n0),
-                             ("write", "embed_in", "listed", 0)]
-                            + self.embed.setup("embed", load=False)
-                            + [("write", "pos", "d", d), ("write", "pos", "tokens", n0)])
-                counters.update(embed_in={"tokens_out": n0}, pos={"tokens_out": n0},
-                                embed={k_: v for k_, v in self.embed.counters().items()
-                                       if k_ != "pairs"})
+                program += self._embed_program()
                 started = ["embed_in", "embed", "pos"] + started
+                counters.update(self._embed_counters())
+            buffer, keep = self._buffer_program(k, to_head=head and not head_pass)
+            if buffer:
+                program = keep + program + buffer
+                started = ["buffer"] + started
+                counters["buffer"] = self._buffer_counters(k, to_head=head and not head_pass)
             if head:
-                m = self.pooled_tokens
-                program += ([("write", "head_select", "tokens", m),
-                             ("write", "head_select", "source", int(head_pass)),
-                             ("pulse", "norm", ("clear_error",)), ("write", "norm", "layer", 0),
-                             ("write", "norm", "d", d), ("write", "norm", "tokens", m),
-                             ("write", "norm", "mult", self.norm.mult),
-                             ("write", "norm", "shift", self.norm.shift),
-                             ("write", "pool", "d", d), ("write", "pool", "tokens", m),
-                             ("write", "head_in", "positions", 1),
-                             ("write", "head_in", "tokens", 1), ("write", "head_in", "listed", 0)]
-                            + self.head.setup("head", load=False))
-                counters.update(head_select={"tokens_out": m}, norm={"tokens_out": m},
-                                pool={"tokens_in": m, "tokens_out": 1},
-                                head_in={"tokens_out": 1},
-                                head={k_: v for k_, v in self.head.counters().items()
-                                      if k_ != "pairs"})
+                program += self._head_program(head_pass)
                 started += ["head_select", "norm", "pool", "head_in", "head"]
-                outputs = [("o", self.head.expected)] + outputs
-                if head_pass:
-                    inputs = [("head_select.host", activation_beats(cfg, self.blocks.out))]
+                counters.update(self._head_counters())
             counters = {s: {"cycles": None, **c} for s, c in counters.items()}
             program += [("start", s, True) for s in reversed(started)]
+            outputs = ([("o", self.head.expected)] if head else []) + (job.reports if job else [])
             plans.append(Plan(name="{}/pass{}".format(self.name, k),
-                              setup=(loads if first else []) + program, inputs=inputs,
-                              outputs=outputs, counters=counters, done=started,
+                              setup=(self._loads() if first else []) + program,
+                              inputs=[("i", self.pixels)] if first else [], outputs=outputs,
+                              counters=counters, done=started,
                               timeout=timeout or int(3 * self.ideal_cycles) + 50_000))
         return plans
+
+    @property
+    def _d(self):
+        return self.embed.registers[1][1]                     # d_out of the embedding
+
+    def _tokens_in(self, k):
+        """Tokens entering pass ``k``'s block (the head pass: the tokens pooled)."""
+        jobs = self.blocks.blocks
+        return jobs[k].stages["frame"]["tokens_out"] if k < len(jobs) else self.pooled_tokens
+
+    def _loads(self):
+        cfg = self.config
+        return ([("write", "embed", "layer", 0), ("pulse", "embed", ("reset_load",)),
+                 ("load", "embed.w_load", self.embed.weights),
+                 ("load", "embed.c_load", self.embed.channels),
+                 ("pulse", "pos", ("reset_load",)), ("load", "pos.p_load", self.pos),
+                 ("write", "norm", "layer", 0), ("pulse", "norm", ("reset_load",)),
+                 ("load", "norm.p_load", ln_param_words(cfg, self.norm.gamma.tolist(),
+                                                        self.norm.beta.tolist())),
+                 ("write", "head", "layer", 0), ("pulse", "head", ("reset_load",)),
+                 ("load", "head.w_load", self.head.weights),
+                 ("load", "head.c_load", self.head.channels)]
+                + [step for b in self.blocks.blocks for step in b.loads])
+
+    def _block_pass(self, k, job, *, to_head):
+        n = self._tokens_in(k)
+        program = [s for s in job.program if s[0] != "start"]
+        program += [("write", "select", "tokens", n), ("write", "select", "source", int(k > 0)),
+                    ("write", "route", "tokens", n), ("write", "route", "dest", int(not to_head))]
+        counters = dict(job.stages, select={"tokens_out": n}, route={"tokens_out": n})
+        return program, counters, ["select"] + list(job.stages) + ["route"]
+
+    def _buffer_program(self, k, *, to_head):
+        """The buffer's settings for pass ``k`` (empty when it is not used) and the keep-list
+        load that goes before them: a drain of what block ``k - 1`` left (listed after an STA
+        stage), a fill with block ``k``'s output unless it goes to the head."""
+        jobs = self.blocks.blocks
+        drain = self._tokens_in(k) if k > 0 else 0
+        fill = 0 if to_head or k == len(jobs) else self._tokens_in(k)
+        if not (drain or fill):
+            return [], []
+        keep = self.blocks.keeps[k - 1] if k > 0 else None
+        program = [("pulse", "buffer", ("clear_error",)), ("write", "buffer", "d", self._d),
+                   ("write", "buffer", "fill_tokens", fill),
+                   ("write", "buffer", "drain_tokens", drain),
+                   ("write", "buffer", "listed", int(keep is not None)),
+                   ("write", "buffer", "dest", int(k == len(jobs)))]
+        loads = [] if keep is None else [("pulse", "buffer", ("reset_load",)),
+                                         ("load", "buffer.keep_load",
+                                          [{"index": i} for i in keep])]
+        return program, loads
+
+    def _buffer_counters(self, k, *, to_head):
+        jobs = self.blocks.blocks
+        return {"tokens_in": 0 if to_head or k == len(jobs) else self._tokens_in(k),
+                "tokens_out": self._tokens_in(k) if k > 0 else 0}
+
+    def _embed_program(self):
+        n0 = self._tokens_in(0)
+        return ([("write", "embed_in", "positions", self.n_s), ("write", "embed_in", "tokens", n0),
+                 ("write", "embed_in", "listed", 0)]
+                + self.embed.setup("embed", load=False)
+                + [("write", "pos", "d", self._d), ("write", "pos", "tokens", n0)])
+
+    def _embed_counters(self):
+        n0 = self._tokens_in(0)
+        return dict(embed_in={"tokens_out": n0}, pos={"tokens_out": n0},
+                    embed={k: v for k, v in self.embed.counters().items() if k != "pairs"})
+
+    def _head_program(self, head_pass):
+        m, d = self.pooled_tokens, self._d
+        return ([("write", "head_select", "tokens", m),
+                 ("write", "head_select", "source", int(head_pass)),
+                 ("pulse", "norm", ("clear_error",)), ("write", "norm", "layer", 0),
+                 ("write", "norm", "d", d), ("write", "norm", "tokens", m),
+                 ("write", "norm", "mult", self.norm.mult),
+                 ("write", "norm", "shift", self.norm.shift),
+                 ("write", "pool", "d", d), ("write", "pool", "tokens", m),
+                 ("write", "head_in", "positions", 1),
+                 ("write", "head_in", "tokens", 1), ("write", "head_in", "listed", 0)]
+                + self.head.setup("head", load=False))
+
+    def _head_counters(self):
+        m = self.pooled_tokens
+        return dict(head_select={"tokens_out": m}, norm={"tokens_out": m},
+                    pool={"tokens_in": m, "tokens_out": 1}, head_in={"tokens_out": 1},
+                    head={k: v for k, v in self.head.counters().items() if k != "pairs"})
 
 
 def model_job(config, model, video, *, tau, rho, r=0, name="model"):

@@ -11,7 +11,8 @@ Environment (set by ``tests/test_cosim_model.py`` and :mod:`sim.bench_model`):
                      group
 ``RTSA_STALL``, ``RTSA_SEED``  random stalls
 ``RTSA_RESULTS``     optional JSON file: logits (chip and golden), classes, the clip's label,
-                     and per pass its counters, ideal cycles and the beats to and from the host
+                     and per pass its counters, ideal cycles, the beats to the host (STA
+                     reports) and from it (keep lists), and the constant-load beats
 """
 
 import json
@@ -38,6 +39,10 @@ def model_and_clip(environ=None):
         videos, labels = benchmark.clips(1, start=clip)
         return benchmark.int_model(), videos[0], int(labels[0])
     raise ValueError("RTSA_MODEL must be 'tiny' or 'bench', not {!r}".format(which))
+
+
+#: The token buffer's keep-list port: what the host sends between passes (STA selection).
+KEEP_PORT = "buffer.keep_load"
 
 
 def _beats(streams):
@@ -69,9 +74,11 @@ async def model_matches_golden(dut):
         dut._log.info("%s: done, %s cycles", plan.name, cycles)
         passes.append(dict(name=plan.name, cycles=cycles, ideal_cycles=ideal[k],
                            counters=res["counters"],
-                           host_in_beats=_beats([s for s in plan.inputs if s[0] != "i"]),
+                           host_in_beats=sum(len(s[2]) for s in plan.setup
+                                             if s[:2] == ("load", KEEP_PORT)),
                            host_out_beats=_beats([s for s in plan.outputs if s[0] != "o"]),
-                           load_beats=sum(len(s[2]) for s in plan.setup if s[0] == "load")))
+                           load_beats=sum(len(s[2]) for s in plan.setup
+                                          if s[0] == "load" and s[1] != KEEP_PORT)))
     logits = [v for beat in res["outputs"]["o"] for v in beat["data"]]
     want = job.logits.tolist()
     dut._log.info("logits %s (golden %s)", logits, want)

@@ -3,8 +3,10 @@ logits out, bit for bit (embedding, positional add, every block with delta proje
 on-chip sub-vector predictor and STA pruning between blocks, final LayerNorm, mean pooling,
 classifier). The run also covers what the block tests do not: two blocks' constants in
 two layers (block 1's weights differ, so a run on the wrong layer fails), the STA reports
-(checked on their ports), the ragged token set with listed positions, and a head pass on the
-tokens the host kept."""
+(checked on their ports), the tokens kept on chip between passes in the token buffer and
+drained by the host's keep lists (a wrong list changes the next block's reports), the
+ragged token set with listed positions, a head pass on the kept tokens, and a bad keep list
+refused mid-clip."""
 
 import pytest
 
@@ -32,5 +34,31 @@ def test_a_clip_in_the_integer_models_logits_out(tiny):
     q, videos = tiny
     job = model_job(CFG, q, videos[r], tau=2, rho=0.5, r=r)
     res = run_amaranth_plans(Model(CFG), job.plans(), seed=SEED + r, stall=0.2)
+    got = [v for beat in res[-1]["outputs"]["o"] for v in beat["data"]]
+    assert got == job.logits.tolist()
+
+
+def test_a_bad_keep_list_is_refused_and_the_clip_still_runs_exact(tiny):
+    """Between block 0's pass and block 1's, the host loads a keep list with a duplicate: the
+    buffer flags ``order``, refuses the drain (``config``) and nothing runs; the real list
+    then drains, and the clip's logits are still exact."""
+    from hw.token_buffer import REGISTERS
+    from sim.driver import Plan
+    q, videos = tiny
+    job = model_job(CFG, q, videos[1], tau=2, rho=0.5, r=1)
+    plans = job.plans()
+    keep = job.blocks.keeps[0]
+    dup = [keep[0]] + keep[:-1]                 # the right count, the first index twice
+    bad = Plan("bad keep list", setup=[
+        ("pulse", "buffer", ("reset_load",)),
+        ("load", "buffer.keep_load", [{"index": i} for i in dup]),
+        ("write", "buffer", "fill_tokens", 0), ("write", "buffer", "drain_tokens", len(dup)),
+        ("write", "buffer", "listed", 1), ("write", "buffer", "dest", 0),
+        ("start", "buffer", False), ("status", "buffer", "after")])
+    res = run_amaranth_plans(Model(CFG), plans[:1] + [bad] + plans[1:], seed=SEED, stall=0.2,
+                             check=[True, False] + [True] * (len(plans) - 1))
+    st = REGISTERS.status(res[1]["seen"]["after"])
+    assert st.errors.order and st.errors.config and not st.running, \
+        REGISTERS.describe(res[1]["seen"]["after"])
     got = [v for beat in res[-1]["outputs"]["o"] for v in beat["data"]]
     assert got == job.logits.tolist()
