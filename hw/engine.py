@@ -7,7 +7,7 @@ written down twice:
 * the **address map**: ``CTRL`` at 0, ``STATUS`` at 1, the settings in declaration order, then
   the counters, ``cycles`` first (:meth:`EngineRegisters.addr`);
 * the **CTRL layout** (:attr:`EngineRegisters.ctrl_layout`): write-1 pulses ``start``,
-  ``clear_error``, then the engine's own pulses;
+  ``clear_error``, ``stop``, then the engine's own pulses;
 * the **STATUS layout** (:attr:`EngineRegisters.status_layout`): ``running``, ``done``,
   ``error`` (any error bit), five reserved bits, then one sticky bit per error, ``config``
   first (a START with an out-of-range setting);
@@ -80,7 +80,7 @@ class EngineRegisters:
         Counters besides ``cycles`` (which every engine has): 32-bit, cleared by START,
         advanced only while running.
     pulses : sequence of str or (str, doc)
-        CTRL pulses besides ``start`` and ``clear_error``.
+        CTRL pulses besides ``start``, ``clear_error`` and ``stop``.
 
     The descriptions go to :attr:`error_docs`, :attr:`counter_docs` and :attr:`pulse_docs`
     (the register tables of :mod:`hw.regdoc`).
@@ -98,7 +98,7 @@ class EngineRegisters:
         pulses, self.pulse_docs = _documented(pulses)
         self.errors = _names("error", ("config",) + errors)
         self.counters = _names("counter", ("cycles",) + counters)
-        self.pulses = _names("pulse", ("start", "clear_error") + pulses)
+        self.pulses = _names("pulse", ("start", "clear_error", "stop") + pulses)
         self.ctrl_layout = data.StructLayout({p: 1 for p in self.pulses})
         self.error_layout = data.StructLayout({e: 1 for e in self.errors})
         self.status_layout = data.StructLayout({
@@ -251,6 +251,11 @@ class EngineControl(wiring.Component):
                 m.d.sync += self.running.eq(1)
             with m.Else():
                 m.d.sync += [errors.config.eq(1), self.running.eq(0)]
+        # STOP ends a run without DONE. It does not flush the datapath: it is for a stage whose
+        # run took no input (the host found another stage's START refused and abandons the
+        # pass); a stage stopped mid-stream keeps what it holds until the chip is reset.
+        with m.Elif(self.pulse.stop):
+            m.d.sync += self.running.eq(0)
         with m.Elif(self.running):
             m.d.sync += self.counters.cycles.eq(self.counters.cycles + 1)
             for c in regs.counters[1:]:

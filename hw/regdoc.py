@@ -9,8 +9,8 @@ layouts (:attr:`~hw.engine.EngineRegisters.ctrl_layout`,
 twice: a register added to a declaration appears in the tables.
 
 Descriptions: a setting's :attr:`hw.engine.Setting.doc`; the registers, bits and counters that
-every engine has (``ctrl``, ``status``, ``start``, ``clear_error``, ``config``, ``cycles``)
-are described by :mod:`hw.engine` and here; an engine's own errors, counters and pulses are
+every engine has (``ctrl``, ``status``, ``start``, ``clear_error``, ``stop``, ``config``,
+``cycles``) are described by :mod:`hw.engine` and here; an engine's own errors, counters and pulses are
 listed by name until their declarations carry a description (a mapping ``error_docs``,
 ``counter_docs`` or ``pulse_docs`` on the declaration is used when present).
 
@@ -70,6 +70,8 @@ _COMMON_PULSES = {
     "start": "START: clears the counters and DONE; begins a run if the settings are in range, "
              "else sets error `config`",
     "clear_error": "clears every sticky error bit (wins over an error raised in the same cycle)",
+    "stop": "STOP: ends a run without DONE (the datapath is not flushed: for a stage whose run "
+            "took no input)",
 }
 _COMMON_STATUS = {
     "running": "a run is in progress",

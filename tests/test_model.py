@@ -62,3 +62,35 @@ def test_a_bad_keep_list_is_refused_and_the_clip_still_runs_exact(tiny):
         REGISTERS.describe(res[1]["seen"]["after"])
     got = [v for beat in res[-1]["outputs"]["o"] for v in beat["data"]]
     assert got == job.logits.tolist()
+
+
+def test_a_clip_started_before_a_blocks_weights_are_loaded_is_refused_then_runs_exact(tiny):
+    """The host loads every constant but block 0's QKV weights and starts pass 0 the way the
+    driver does, the last stage first: route ... sta_keys start and wait, QKV refuses (``load``
+    error), and the host starts nothing upstream of it (no token moves) and STOPs the stages it
+    started (a running stage takes no constants). Then it loads everything and runs the clip:
+    the logits are exact."""
+    from hw.linear_engine import REGISTERS
+    from sim.driver import Plan
+    q, videos = tiny
+    job = model_job(CFG, q, videos[0], tau=2, rho=0.5, r=0)
+    plans = job.plans()
+    first = plans[0]
+    order = list(reversed(first.done))
+    setup = [s for s in first.setup if s[0] != "start" and s[:2] != ("load", "qkv.w_load")]
+    started = order[:order.index("qkv")]
+    setup += [("start", s, True) for s in started]
+    bad = Plan("unloaded qkv", setup=setup + [("start", "qkv", False), ("status", "qkv", "after")]
+               + [("pulse", s, ("stop",)) for s in started]
+               + [("status", s, "stopped " + s) for s in started])
+    res = run_amaranth_plans(Model(CFG), [bad] + plans, seed=SEED, stall=0.2,
+                             check=[False] + [True] * len(plans))
+    st = REGISTERS.status(res[0]["seen"]["after"])
+    assert st.errors.load and not st.running, REGISTERS.describe(res[0]["seen"]["after"])
+    top = Model(CFG)
+    for s in started:
+        regs = top.windows[s][1]
+        value = res[0]["seen"]["stopped " + s]
+        assert not regs.status(value).running, (s, regs.describe(value))
+    got = [v for beat in res[-1]["outputs"]["o"] for v in beat["data"]]
+    assert got == job.logits.tolist()

@@ -82,3 +82,27 @@ def test_pipeline_host_view_names_every_register():
     plan = Plan(name="bad step", setup=[("poke", "qkv")])
     with pytest.raises(ValueError, match="Unknown plan step"):
         run_amaranth(top, plan, seed=0, stall=0)
+
+
+def test_stop_ends_a_run_without_done_and_the_next_run_is_exact():
+    """STOP on a running stage that took no input: running falls, DONE stays low, the beats
+    offered meanwhile wait (``i.ready`` low); a START then runs the next beats exactly, and
+    STOP on an idle stage changes nothing."""
+    from amaranth.lib import data
+    from sim.driver import run_amaranth_plans
+    top = Pipeline(None, [("p", PassThrough(data.StructLayout({"data": 8, "last": 1})))])
+    regs = top.windows["p"][1]
+    beats = [{"data": v, "last": v == 3} for v in (1, 2, 3)]
+    stop = Plan("stop", setup=[("write", "p", "beats", 3), ("start", "p", True),
+                               ("pulse", "p", ("stop",)), ("status", "p", "stopped"),
+                               ("ready", "i", "ready"), ("pulse", "p", ("stop",)),
+                               ("status", "p", "idle")])
+    good = Plan("after", setup=[("write", "p", "beats", 3), ("start", "p", True)],
+                inputs=[("i", beats)], outputs=[("o", beats)],
+                counters={"p": {"beats_out": 3}}, done=["p"])
+    seen = run_amaranth_plans(top, [stop, good], seed=SEED, stall=0.3,
+                              check=[False, True])[0]["seen"]
+    for key in ("stopped", "idle"):
+        st = regs.status(seen[key])
+        assert not st.running and not st.done and not st.error, regs.describe(seen[key])
+    assert not seen["ready"]
