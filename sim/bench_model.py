@@ -11,7 +11,7 @@ block adds a head pass), every output of every stage checked on the way (``sim.t
 
     {"clip", "label", "logits", "golden_logits", "predicted", "golden_predicted",
      "cycles", "ideal_cycles", "array_busy", "load_beats", "report_beats", "keep_beats",
-     "passes": [...]}
+     "position_beats", "passes": [...]}
 
 * ``cycles``: the passes' cycles summed (each pass from its first START to its last DONE:
   the pipeline drains between passes); ``ideal_cycles``: every performed MAC (embedding,
@@ -20,8 +20,10 @@ block adds a head pass), every output of every stage checked on the way (``sim.t
   first pass, beside the compute cycles, not in them;
 * ``report_beats``: the STA report beats to the host (head-summed keys and ``sum |x|`` per
   token of a stage block), inside ``cycles``; ``keep_beats``: the keep-list beats back (one
-  token index each), loaded between passes, one a cycle, not inside ``cycles``; the host's
-  selection time (``golden.sta.STAPruner``) is in neither. The tokens themselves stay on
+  token index each), loaded between passes, one a cycle, not inside ``cycles``;
+  ``position_beats``: the kept tokens' spatial positions, loaded between passes into each of
+  the four projections' adapters (the same list four times), not inside ``cycles``; the
+  host's selection time (``golden.sta.STAPruner``) is in none. The tokens themselves stay on
   chip, in the token buffer.
 
 The bench exits non-zero when a clip's logits differ from the golden model's (the testbench
@@ -62,7 +64,8 @@ def summarise(clip, res):
                        "cycles": p["cycles"], "ideal_cycles": p["ideal_cycles"],
                        "cycles_over_ideal": p["cycles"] / p["ideal_cycles"],
                        "array_busy": busy / p["cycles"], "busy_cycles": busy,
-                       "report_beats": p["host_out_beats"], "keep_beats": p["host_in_beats"]})
+                       "report_beats": p["host_out_beats"], "keep_beats": p["host_in_beats"],
+                       "position_beats": p["position_beats"]})
     cycles = sum(p["cycles"] for p in passes)
     busy = sum(p["busy_cycles"] for p in passes)
     return {"clip": clip, "label": res["label"], "logits": res["logits"],
@@ -72,7 +75,8 @@ def summarise(clip, res):
             "array_busy": busy / cycles,
             "load_beats": sum(p["load_beats"] for p in res["passes"]),
             "report_beats": sum(p["report_beats"] for p in passes),
-            "keep_beats": sum(p["keep_beats"] for p in passes), "passes": passes}
+            "keep_beats": sum(p["keep_beats"] for p in passes),
+            "position_beats": sum(p["position_beats"] for p in passes), "passes": passes}
 
 
 def markdown(cfg, meta, rows):
@@ -81,28 +85,29 @@ def markdown(cfg, meta, rows):
         "Preset `{}` ({} rows x {} lanes = {} MACs/cycle), test clips {}, tau = {}, r = {}, "
         "rho = {} (`make eval`'s combined point); every stage's output bit-exact against the "
         "golden model on the way. Ideal = performed MACs / {}. The tokens stay on chip (token "
-        "buffer); the STA report beats to the host are inside the cycles; the keep-list beats "
-        "back (one index each, between passes), loading the constants ({} beats, one a cycle) "
-        "and the host's STA selection time are not.".format(
+        "buffer); the STA report beats to the host are inside the cycles; the beats back between "
+        "passes (keep lists, one index each; the kept tokens' positions, into each of the four "
+        "projections), loading the constants ({} beats, one a cycle) and the host's STA "
+        "selection time are not.".format(
             cfg.name, cfg.rows, cfg.lanes, cfg.macs_per_cycle,
             ", ".join(str(r["clip"]) for r in rows), meta["tau"], meta["r"], meta["rho"],
             cfg.macs_per_cycle, rows[0]["load_beats"]), "",
         "| clip | label | predicted (chip / golden) | logits equal | cycles | ideal | "
-        "cycles / ideal | array busy | reports out | keep list in |",
-        "|---:|---:|---|---|---:|---:|---:|---:|---:|---:|"]
+        "cycles / ideal | array busy | reports out | keep list in | positions in |",
+        "|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
+        eq = "yes" if r["logits"] == r["golden_logits"] else "NO"
         lines.append("| {clip} | {label} | {predicted} / {golden_predicted} | {eq} | {cycles} "
                      "| {ideal_cycles:.0f} | {cycles_over_ideal:.3f} | {array_busy:.1%} "
-                     "| {report_beats} | {keep_beats} |".format(eq="yes" if r["logits"] == r["golden_logits"]
-                                               else "NO", **r))
+                     "| {report_beats} | {keep_beats} | {position_beats} |".format(eq=eq, **r))
     lines += ["", "Per pass (clip {}):".format(rows[0]["clip"]), "",
               "| pass | tokens in | cycles | ideal | cycles / ideal | array busy | reports out "
-              "| keep list in |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+              "| keep list in | positions in |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for p in rows[0]["passes"]:
         lines.append("| {name} | {tokens} | {cycles} | {ideal_cycles:.0f} "
                      "| {cycles_over_ideal:.3f} | {array_busy:.1%} | {report_beats} "
-                     "| {keep_beats} |".format(**p))
+                     "| {keep_beats} | {position_beats} |".format(**p))
     lines += ["", "Logits (chip = golden): " + "; ".join(
         "clip {}: {}".format(r["clip"], r["logits"]) for r in rows), ""]
     return "\n".join(lines)

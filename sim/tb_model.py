@@ -12,7 +12,8 @@ Environment (set by ``tests/test_cosim_model.py`` and :mod:`sim.bench_model`):
 ``RTSA_STALL``, ``RTSA_SEED``  random stalls
 ``RTSA_RESULTS``     optional JSON file: logits (chip and golden), classes, the clip's label,
                      and per pass its counters, ideal cycles, the beats to the host (STA
-                     reports) and from it (keep lists), and the constant-load beats
+                     reports) and from it (keep lists, the projections' position lists), and
+                     the constant-load beats
 """
 
 import json
@@ -49,6 +50,11 @@ def _beats(streams):
     return sum(len(beats) for _, beats in streams)
 
 
+def _loaded(plan, which):
+    """Beats of the plan's setup loads into the ports ``which`` accepts."""
+    return sum(len(s[2]) for s in plan.setup if s[0] == "load" and which(s[1]))
+
+
 @cocotb.test()
 async def model_matches_golden(dut):
     cfg = config_from_env()
@@ -74,11 +80,11 @@ async def model_matches_golden(dut):
         dut._log.info("%s: done, %s cycles", plan.name, cycles)
         passes.append(dict(name=plan.name, cycles=cycles, ideal_cycles=ideal[k],
                            counters=res["counters"],
-                           host_in_beats=sum(len(s[2]) for s in plan.setup
-                                             if s[:2] == ("load", KEEP_PORT)),
+                           host_in_beats=_loaded(plan, lambda port: port == KEEP_PORT),
+                           position_beats=_loaded(plan, lambda port: port.endswith(".pos_load")),
                            host_out_beats=_beats([s for s in plan.outputs if s[0] != "o"]),
-                           load_beats=sum(len(s[2]) for s in plan.setup
-                                          if s[0] == "load" and s[1] != KEEP_PORT)))
+                           load_beats=_loaded(plan, lambda port: port != KEEP_PORT
+                                              and not port.endswith(".pos_load"))))
     logits = [v for beat in res["outputs"]["o"] for v in beat["data"]]
     want = job.logits.tolist()
     dut._log.info("logits %s (golden %s)", logits, want)
