@@ -22,6 +22,7 @@ DESIGNS = {
     "run_through": ("hw.run_through", "RunThrough"),
     "block": ("hw.block", "Block"),
     "model": ("hw.model", "Model"),
+    "model_link": ("hw.link", "LinkedModel"),
 }
 
 

@@ -53,7 +53,7 @@ from hw.uart import UARTRx, UARTTx
 
 __all__ = ["SYNC_HOST", "SYNC_CHIP", "VERSION", "Command", "Status", "crc16", "frame_layout",
            "response_layout", "LinkPorts", "FrameReceiver", "FrameSender", "CommandExecutor",
-           "HostLink"]
+           "HostLink", "LinkedModel", "SIM_DIVISOR", "SIM_TIMEOUT"]
 
 SYNC_HOST, SYNC_CHIP = 0xA5, 0x5A
 VERSION = 1
@@ -314,7 +314,7 @@ class CommandExecutor(wiring.Component):
         ports = self._ports
         sizes = [b for _, _, b in ports.inputs + ports.outputs]
         f = self.frame.payload
-        s = self._state = _ExecState(m, max(sizes + [6]), self._max, self._timeout)
+        s = self._state = _ExecState(m, max(sizes + [6]), len(self._info_bytes()), self._timeout)
         m.d.comb += [self.rx.addr.eq(s.ptr), self.tx.addr.eq(s.optr),
                      self.csr.addr.eq(s.word[:16]), self.csr.w_data.eq(s.word[16:48])]
         self._streams(m, s)
@@ -470,10 +470,13 @@ class CommandExecutor(wiring.Component):
             with m.Else():
                 m.d.sync += s.wait.eq(s.wait + 1)
 
-    def _info(self, m, s):
+    def _info_bytes(self):
         ports = self._ports
-        info = ([VERSION, self._max & 0xFF, self._max >> 8, len(ports.inputs),
+        return ([VERSION, self._max & 0xFF, self._max >> 8, len(ports.inputs),
                  len(ports.outputs)] + [b for _, _, b in ports.inputs + ports.outputs])
+
+    def _info(self, m, s):
+        info = self._info_bytes()
         with m.State("I_put"):
             m.d.comb += self.tx.en.eq(1)
             with m.Switch(s.k):
@@ -504,12 +507,12 @@ class CommandExecutor(wiring.Component):
 class _ExecState:
     """The executor's registers, and the Fetch / Put subroutines' return address."""
 
-    def __init__(self, m, max_bytes, max_payload, timeout):
+    def __init__(self, m, max_bytes, info_bytes, timeout):
         self.ptr = Signal(16)                      # next rx buffer byte
         self.optr = Signal(16)                     # next tx buffer byte (= response length)
         self.word = Signal(8 * max_bytes)          # fetched bytes, first at the bottom
         self.value = Signal(8 * max_bytes)         # bytes to put
-        self.k = Signal(range(max(max_bytes, 16) + 1))
+        self.k = Signal(range(max(max_bytes, info_bytes) + 1))     # a byte of Fetch/Put/INFO
         self.need = Signal(range(max_bytes + 1))
         self.status = Signal(8)
         self.port = Signal(8)
@@ -624,3 +627,17 @@ def _port(top, path):
     for p in path.split("."):
         obj = getattr(obj, p)
     return obj
+
+
+#: Bit time of the simulated link (the UART's smallest divisor), and its timeout in cycles.
+SIM_DIVISOR, SIM_TIMEOUT = 4, 2047
+
+
+class LinkedModel(HostLink):
+    """The whole model (:class:`hw.model.Model`) behind the link: the design a board holds
+    (``divisor`` and ``timeout`` for the board's clock; the defaults are the simulation's)."""
+
+    def __init__(self, config, *, divisor=SIM_DIVISOR, max_payload=1024, timeout=SIM_TIMEOUT):
+        from hw.model import Model
+        super().__init__(Model(config), divisor=divisor, max_payload=max_payload,
+                         timeout=timeout)
