@@ -386,6 +386,29 @@ class STAPruner:
         b, n = x.shape[:2]
         if keys.dim() != 4 or keys.shape[0] != b or keys.shape[2] != n:
             raise ValueError(f"keys {tuple(keys.shape)} do not match tokens {tuple(x.shape)}")
+        idx = self._select(block_index, key_metric(keys), activation(x))
+        if idx is not None:
+            x = x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))
+        if tokens is None:
+            return x
+        if idx is not None:
+            tokens = type(tokens)(self.frames, self.spatial)
+        return x, tokens
+
+    def prune_reported(self, block_index: int, key_sum: torch.Tensor, heads: int,
+                       act: torch.Tensor):
+        """:meth:`prune` from what the chip reports (:mod:`hw.sta_report`): the keys summed
+        over ``heads`` heads ``[B, N, head_dim]`` and ``sum |x|`` per token ``[B, N]``, both
+        exact integers, so the selection is bit-identical to :meth:`prune`'s on the tensors
+        themselves. Returns the kept tokens' indices among the ``N`` reported ``[B, N']``
+        (ascending), or None when no stage is due; :attr:`frames` and :attr:`spatial` follow.
+        """
+        return self._select(block_index, key_metric_from_sum(key_sum, heads), act.to(_F64))
+
+    def _select(self, block_index, metric, act):
+        """Run the stages due after ``block_index`` on the per-token ``metric`` ``[B, N, h]``
+        and activation ``act`` ``[B, N]``; the kept indices among the ``N``, or None."""
+        b, n = act.shape
         if n != self.num_tokens:
             raise ValueError(f"expected {self.num_tokens} tokens per clip, got {n}")
         if self.positions is not None and self.positions.shape[0] != b:
@@ -393,28 +416,23 @@ class STAPruner:
         if self._next < 3 and self.blocks[self._next] < block_index:
             raise RuntimeError(f"stage {self._next + 1} (after block {self.blocks[self._next]})"
                                f" was skipped: prune() must be called after every block")
-        ran = False
+        kept = None
         while self._next < 3 and self.blocks[self._next] == block_index:
-            ran = True
             pos = self.kept_positions(b)
-            idx = self._run_stage(self.schedule[self._next], x, keys)
-            x = x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))
-            keys = keys.gather(2, idx[:, None, :, None].expand(-1, keys.shape[1], -1,
-                                                               keys.shape[-1]))
+            idx = self._run_stage(self.schedule[self._next], metric, act)
+            metric = metric.gather(1, idx[..., None].expand(-1, -1, metric.shape[-1]))
+            act = act.gather(1, idx)
+            kept = idx if kept is None else kept.gather(1, idx)
             self.positions = pos.gather(1, idx)
             self._next += 1
-        if tokens is None:
-            return x
-        if ran:
-            tokens = type(tokens)(self.frames, self.spatial)
-        return x, tokens
+        return kept
 
-    def _run_stage(self, sched: dict, x: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    def _run_stage(self, sched: dict, metric: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
         """Select within each group; return int64 ``[B, N']`` kept token indices, ascending."""
-        b = x.shape[0]
+        b = act.shape[0]
         n_groups, size, kept, r = sched["n_groups"], sched["group_size"], sched["kept"], self.r
-        metric = key_metric(keys).reshape(b, n_groups, size, -1)
-        act = activation(x).reshape(b, n_groups, size)
+        metric = metric.reshape(b, n_groups, size, -1)
+        act = act.reshape(b, n_groups, size)
         order = list(range(n_groups))
         if sched["stage"] == 2:
             order.reverse()     # stage 2 accumulates backwards in time

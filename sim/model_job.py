@@ -183,6 +183,12 @@ class ModelJob:
     pixels: list
     logits: torch.Tensor
     n_s: int
+    #: STA's parameters (what the host's selection needs): tokens per group removed, token
+    #: frames, the model's heads and head width.
+    r: int = 0
+    n_t: int = 0
+    heads: int = 0
+    head_dim: int = 0
 
     @property
     def ideal_cycles(self):
@@ -348,7 +354,8 @@ def model_job(config, model, video, *, tau, rho, r=0, name="model"):
     return ModelJob(name=name, config=config, blocks=blocks, embed=embed, head=head,
                     pos=pos_words(config, model.pos.tolist()), norm=model.norm,
                     pooled_tokens=normed.shape[0],
-                    pixels=activation_beats(config, pixels), logits=logits, n_s=n_s)
+                    pixels=activation_beats(config, pixels), logits=logits, n_s=n_s, r=r,
+                    n_t=cfg.n_t, heads=cfg.heads, head_dim=cfg.dim // cfg.heads)
 
 
 #: A model small enough for simulators: 8 x 8 frames of 4 x 4 patches, two frames per tubelet

@@ -1,13 +1,14 @@
 """The host library over the simulated UART: a clip of the seeded tiny model goes through
 pyserial, a pseudo-terminal and the UART pins of the generated Verilog of the whole model
 behind its link (Verilator), with the same plans every other backend runs (model_job: every
-constant loaded over the link, every pass programmed and started over it); the logits equal
-``IntVidT.forward``'s, bit for bit, and every counter the plans expect is read back over the
-link."""
+constant loaded over the link, every pass programmed and started over it), STA r = 1 with
+the selection made in the host from the reports the chip sent (boards.host.run_clip); the
+logits equal ``IntVidT.forward``'s, bit for bit, and every counter the plans expect is read
+back over the link."""
 
 import pytest
 
-from boards.link import run_plans
+from boards.host import run_clip
 from sim.link_sim import simulated_link
 from sim.model_job import model_job, tiny_model
 from tests.test_model import CFG, SEED
@@ -16,8 +17,7 @@ from tests.test_model import CFG, SEED
 @pytest.mark.cosim
 def test_a_clip_through_pyserial_and_the_simulated_uart():
     q, videos = tiny_model(SEED)
-    job = model_job(CFG, q, videos[1], tau=2, rho=0.5, r=0)
+    job = model_job(CFG, q, videos[1], tau=2, rho=0.5, r=1)
     with simulated_link(CFG, optimised=True) as link:
-        res = run_plans(link, job.plans(), clock_hz=1e5, deadline=300.0)
-    got = [v for beat in res[-1]["outputs"]["o"] for v in beat["data"]]
-    assert got == job.logits.tolist()
+        logits, _ = run_clip(link, job, clock_hz=1e5, deadline=300.0)
+    assert logits == job.logits.tolist()

@@ -323,3 +323,24 @@ def test_deterministic(small_models):
         assert torch.equal(a.keep, b.keep)
         assert all(torch.equal(s, t) for s, t in zip(a.scores, b.scores) if s is not None)
     assert not math.isnan(float(first[0].float().sum()))
+
+
+@pytest.mark.parametrize("depth", [2, 6])
+def test_selection_from_the_chips_reports_equals_selection_from_the_tensors(depth):
+    """prune_reported (head-summed integer keys and sum |x|, what the chip reports) keeps the
+    same tokens as prune on the keys and tokens themselves, stage after stage, including two
+    stages after one block (depth 2: stages after blocks 0, 0, 1)."""
+    g = torch.Generator().manual_seed(613 + depth)
+    n_t, n_s, r, heads, hd, d = 8, 9, 2, 3, 4, 12
+    a, b = STAPruner(n_t, n_s, r, depth), STAPruner(n_t, n_s, r, depth)
+    n = n_t * n_s
+    for block in range(depth):
+        x = torch.randint(-300, 300, (2, n, d), generator=g)
+        keys = torch.randint(-128, 128, (2, heads, n, hd), generator=g)
+        want = a.prune(block, x, keys)
+        kept = b.prune_reported(block, keys.sum(1), heads, x.abs().sum(-1))
+        got = x if kept is None else x.gather(1, kept[..., None].expand(-1, -1, d))
+        assert torch.equal(got, want), block
+        if kept is not None:
+            assert torch.equal(a.positions, b.positions) and bool((kept.diff(dim=1) > 0).all())
+        n = want.shape[1]
