@@ -18,13 +18,14 @@ SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export AMARANTH_USE_YOSYS := builtin
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install verilog test eval bench vectors bitstream synth clean help
+.PHONY: install verilog test eval bench demo vectors bitstream synth clean help
 
 help:
 	@echo "make verilog     generate Verilog of every top for the presets tiny, default, vidt (PRESET=...) into build/verilog/<preset>/"
 	@echo "make test        run unit tests and cocotb co-simulation (Icarus and Verilator); FAST=1 skips slow extras"
 	@echo "make eval        top-1 against ideal computation saving of the benchmark model -> build/eval/ (FULL=1: full sweep)"
 	@echo "make bench       linear and attention engine and run-through cycles on the benchmark model (Verilator) -> build/bench/{linear,attention,run_through}.json, {linear,attention}.md; FULL=1 adds a whole block per stage at 49/196/392 tokens -> build/bench/block.{json,md} and the whole model on two held-out clips -> build/bench/model.{json,md}"
+	@echo "make demo        a clip in, a class out, over the UART host link: the simulated chip (Verilator, pyserial on a pseudo-terminal) or a board (PORT=/dev/ttyUSB0); MODEL=bench for the trained model -> build/demo/demo.json"
 	@echo "make vectors     export one clip's integer test vectors for co-simulation -> build/vectors/"
 	@echo "make bitstream   build the self-checking FPGA top (BOARD=ulx3s|icebreaker) into build/<board>/"
 	@echo "make synth       synth_ecp5 every generated top (tiny, vidt; PRESET=...) -> build/synth/report.{json,md} (slow: ~14 min, not in CI)"
@@ -44,6 +45,9 @@ $(STAMP): requirements.txt pyproject.toml
 
 verilog: $(STAMP)
 	$(PY) -m hw.generate --out build/verilog $(if $(PRESET),--preset $(PRESET),)
+
+demo: $(STAMP)
+	$(PY) -m boards.demo $(if $(PORT),--port $(PORT),) $(if $(MODEL),--model $(MODEL),)
 
 test: $(STAMP)
 	$(PY) -m pytest -n $(JOBS) $(PYTEST_SEL) tests

@@ -41,7 +41,7 @@ from hw.layernorm import ln_param_words
 from sim.block_job import activation_beats, block_job
 
 __all__ = ["BlocksJob", "blocks_job", "keep_list", "ModelJob", "model_job", "TINY",
-           "tiny_model"]
+           "TINY_RTSA", "tiny_model"]
 
 
 @dataclass
@@ -368,6 +368,18 @@ def _tiny_config():
 
 
 TINY = _tiny_config()
+
+
+def _tiny_hardware():
+    from hw.config import preset
+    return preset("tiny").replace(lanes=4, rows=2, requant_lanes=4, bitmap_word=8, max_d=16,
+                                  max_heads=2, max_tokens=32, weight_depth=512, max_positions=8,
+                                  max_layers=2, name="small_model")
+
+
+#: The array that holds :data:`TINY` (2 rows x 4 lanes, both blocks' constants): the whole
+#: model's configuration in make test and in make demo's default.
+TINY_RTSA = _tiny_hardware()
 
 
 def tiny_model(seed):

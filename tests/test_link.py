@@ -10,8 +10,10 @@ import struct
 import pytest
 from amaranth.sim import Simulator
 
-from boards.link import ResponseReader, encode_frame, pack, unpack
-from hw.link import VERSION, Command, HostLink, Status
+from amaranth.lib import data
+
+from boards.link import LinkError, ResponseReader, encode_frame, pack, unpack
+from hw.link import VERSION, Command, HostLink, LinkPorts, Status, crc16
 from sim.uart_model import LineMonitor, transact, write_bytes
 from tests.test_token_buffer import beats_of, tokens, top
 
@@ -175,3 +177,30 @@ def test_a_load_into_a_running_stage_stalls_and_nothing_is_taken():
 
     run(bench)
     assert seen["running"] == (Status.STALLED, 0) and seen["idle"] == (Status.OK, 1), seen
+
+
+def test_the_hosts_reader_skips_junk_checks_the_crc_and_never_waits_forever():
+    body = bytes([3, Status.OK]) + struct.pack("<H", 2) + b"\x34\x12"
+    good = bytes([0x5A]) + body + crc16(body).to_bytes(2, "big")
+    assert ResponseReader(_reader(b"\x00\xff" + good)).read() == (3, Status.OK, b"\x34\x12")
+    bad = bytearray(good)
+    bad[-3] ^= 1
+    with pytest.raises(LinkError, match="CRC"):
+        ResponseReader(_reader(bytes(bad))).read()
+    with pytest.raises(LinkError, match="no response"):
+        ResponseReader(_reader(good[:-1])).read()      # a read that times out returns b""
+
+
+@pytest.mark.parametrize("path", ["i", "buf.keep_load", "o", "buf.head"])
+def test_payloads_pack_to_the_bytes_the_link_carries_and_back(path):
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ports = LinkPorts(top())
+    inputs = [p for p, _, _ in ports.inputs]
+    _, layout, size = (ports.input if path in inputs else ports.output)(path)
+    rng = random.Random(SEED + len(path))
+    for _ in range(20):
+        bits = rng.getrandbits(data.Layout.cast(layout).size)
+        value = unpack(layout, bits.to_bytes(size, "little"))
+        assert pack(layout, value) == bits.to_bytes(size, "little")

@@ -12,12 +12,13 @@ import pytest
 
 from hw.model import Model
 from sim.driver import run_amaranth_plans
-from sim.model_job import model_job, tiny_model
+from sim.model_job import TINY_RTSA, model_job, tiny_model
 from tests.test_attention_engine import SMALL
 
 SEED = 7301
 #: The small configuration of the array with two layers (the tiny model's two blocks).
-CFG = SMALL.replace(max_layers=2, name="small_model")
+CFG = TINY_RTSA
+assert CFG == SMALL.replace(max_layers=2, name="small_model")
 
 
 @pytest.fixture(scope="module")
