@@ -10,9 +10,10 @@ board instead.
     python -m boards.demo [--port PORT] [--model tiny|bench] [--clip N] [--tau 4 --rho 0.75 --r 8]
 
 ``--model tiny`` (default): the seeded two-block model of the tests (16 tokens, 4 classes) on
-the 2 x 4 array; about 3 minutes in simulation, build included. ``--model bench``: the trained
-benchmark model (392 tokens, 16 classes) on the ``vidt`` array, a clip of its test split;
-about 40 minutes in simulation, most of it the constants' 400 kB at 40 simulated cycles a byte.
+the 2 x 4 array; about a minute in simulation once the Verilator model is built.
+``--model bench``: the trained benchmark model (392 tokens, 16 classes) on the ``vidt`` array,
+a clip of its test split; much longer in simulation (the constants cross the UART at 40
+simulated cycles a byte).
 
 Writes ``build/demo/demo.json`` (logits from the chip and from the golden model, the classes,
 the label, cycles per pass, frames and wall time) and prints a summary; exits non-zero when the
