@@ -65,20 +65,23 @@ PROJECTIONS = ("qkv", "proj", "fc1", "fc2")
 
 
 def block_stages(config):
-    """The block's stages, ``(name, stage)`` in order (:data:`BLOCK_STAGES`)."""
+    """The block's stages, ``(name, stage)`` in order (:data:`BLOCK_STAGES`); each projection
+    sized for its layer's widest output (``3 max_d``, ``max_d``, ``mlp_ratio max_d``,
+    ``max_d``)."""
+    d, mlp = config.max_d, config.mlp_ratio * config.max_d
     return [
         ("frame", Framer(config)),
         ("ln1", LayerNorm(config)),
-        ("qkv_in", ToTokens(config)), ("qkv", LinearEngine(config)),
+        ("qkv_in", ToTokens(config)), ("qkv", LinearEngine(config, max_out=3 * d)),
         ("sta_keys", KeyReport(config)),
         ("predict", Predictor(config)), ("attention", AttentionEngine(config)),
         ("transpose", Transpose(config)),
-        ("proj_in", ToTokens(config)), ("proj", LinearEngine(config)),
+        ("proj_in", ToTokens(config)), ("proj", LinearEngine(config, max_out=d)),
         ("res1", ResidualAdd(config)),
         ("ln2", LayerNorm(config)),
-        ("fc1_in", ToTokens(config)), ("fc1", LinearEngine(config)),
+        ("fc1_in", ToTokens(config)), ("fc1", LinearEngine(config, max_out=mlp)),
         ("gelu", GELU(config)),
-        ("fc2_in", ToTokens(config)), ("fc2", LinearEngine(config)),
+        ("fc2_in", ToTokens(config)), ("fc2", LinearEngine(config, max_out=d)),
         ("res2", ResidualAdd(config)),
         ("sta_act", ActReport(config)),
     ]

@@ -168,6 +168,15 @@ class LinearEngine(Engine):
     logits : bool
         The classifier: ``o`` carries the accumulators ``y`` themselves
         (:func:`logit_layout`; the channel constants' ``mult`` and ``shift`` are unused).
+    max_out : int or None
+        The widest output this engine runs (a multiple of ``lanes``, at most
+        ``max_reduction``; default ``max_reduction``): it sizes the delta references ``y_ref``
+        (``max_positions x max_out / lanes`` accumulators) and the channel constants. The
+        whole model's projections pass their layer widths: at ``vidt`` the default, sized by
+        attention's 512 tokens, asked for 950 kbit of ``y_ref`` per engine.
+    delta : bool
+        False for an engine that only runs dense (the embedding, the classifier): no ``y_ref``
+        memory; a START with ``delta_enable`` set is a ``config`` error.
 
     Attributes
     ----------
@@ -196,10 +205,18 @@ class LinearEngine(Engine):
 
     registers = REGISTERS
 
-    def __init__(self, config, *, logits=False):
+    def __init__(self, config, *, logits=False, max_out=None, delta=True):
         for what, n in (("rows", config.rows), ("decode_width", config.decode_width)):
             if n & (n - 1):
                 raise ValueError("LinearEngine needs a power-of-two {}, not {!r}".format(what, n))
+        widest = engine_limits(config)[1]
+        max_out = widest if max_out is None else max_out
+        if (not isinstance(max_out, int) or isinstance(max_out, bool) or max_out < config.lanes
+                or max_out > widest or max_out % config.lanes):
+            self._MustUse__silence = True
+            raise ValueError("max_out must be a multiple of lanes ({}) in {} .. {}, not {!r}"
+                             .format(config.lanes, config.lanes, widest, max_out))
+        self._max_out, self._delta = max_out, bool(delta)
         self._logits = bool(logits)
         super().__init__(config, {
             "i": In(stream.Signature(token_layout(config))),
@@ -237,7 +254,8 @@ class LinearEngine(Engine):
         """The shape settings, their derived sizes and the configuration check."""
         cfg = self._config
         R, V, E = cfg.rows, cfg.lanes, cfg.bitmap_word
-        max_d, max_out, w_depth = engine_limits(cfg)
+        max_d, _, w_depth = engine_limits(cfg)
+        max_out = self._max_out
         max_slices = max_out // V
         st = ctl.settings
         ns = SimpleNamespace(ctl=ctl, max_d=max_d, max_slices=max_slices, w_depth=w_depth)
@@ -259,7 +277,8 @@ class LinearEngine(Engine):
         m.d.comb += ns.shape_ok.eq(
             (st.d_in != 0) & (st.d_in[:log2_exact(E)] == 0) & (st.d_in <= max_d)
             & (st.d_out != 0) & (st.d_out[:log2_exact(V)] == 0) & (st.d_out <= max_out)
-            & (ns.chunks * ns.d_in <= w_depth) & ns.layer_ok)
+            & (ns.chunks * ns.d_in <= w_depth) & ns.layer_ok
+            & (self._delta | ~st.mode.delta_enable))
         m.d.comb += [ctl.config_ok.eq(ns.shape_ok & ns.loaded),
                      ctl.raise_error.load.eq(ctl.pulse.start & ns.shape_ok & ~ns.loaded)]
         return ns
@@ -431,6 +450,22 @@ class LinearEngine(Engine):
                          "pos": s2.pos, "dense": s2.dense,
                          "tok_last": s2.chunk == ns.chunks - 1, "chunk": s2.chunk}, name="tag"))]
 
+    def _references(self, m, ns):
+        """The delta references' read and write ports; a dense-only engine has none (its
+        reads give 0 and its writes go nowhere: every token is dense, y = bias + acc)."""
+        cfg = self._config
+        layout = data.ArrayLayout(arith.shape_of(cfg.acc_format), cfg.lanes)
+        depth = cfg.max_positions * ns.max_slices
+        if self._delta:
+            m.submodules.y_ref = y_mem = Memory(shape=layout, depth=depth, init=[])
+            return y_mem.read_port(transparent_for=()), y_mem.write_port()
+        addr = range(depth)
+        rp = SimpleNamespace(addr=Signal(addr, name="y_ref_raddr"), en=Signal(name="y_ref_ren"),
+                             data=Signal(layout, name="y_ref_rdata"))
+        wp = SimpleNamespace(addr=Signal(addr, name="y_ref_waddr"), en=Signal(name="y_ref_wen"),
+                             data=Signal(layout, name="y_ref_wdata"))
+        return rp, wp
+
     def _output_stage(self, m, ns):
         """O0 accept a result row, read y_ref and the channel constants -> O1 y = y_ref (or
         bias) + acc, write y_ref back, multiply -> O2 requantise -> ``o``."""
@@ -439,11 +474,7 @@ class LinearEngine(Engine):
         acc_fmt = cfg.acc_format
         acc_shape = arith.shape_of(acc_fmt)
         ctl, res, tags = ns.ctl, self.pe.res, ns.tags
-        y_mem = Memory(shape=data.ArrayLayout(acc_shape, V),
-                       depth=cfg.max_positions * ns.max_slices, init=[])
-        m.submodules.y_ref = y_mem
-        y_rp = y_mem.read_port(transparent_for=())
-        y_wp = y_mem.write_port()
+        y_rp, y_wp = self._references(m, ns)
         c_rp = ns.c_mem.read_port()
         tag = data.View(ns.tag_layout, tags.r_data)
         o_adv = ~self.o.valid | self.o.ready

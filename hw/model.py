@@ -73,11 +73,14 @@ class Model(Pipeline):
     def __init__(self, config, *, attention_skip=2, mlp_skip=8):
         # The embedding, the final LayerNorm and the head hold one layer of constants.
         one = config.replace(max_layers=1)
-        front = [("embed_in", ToTokens(config)), ("embed", LinearEngine(one)),
+        # The embedding and the classifier run dense: no delta references.
+        front = [("embed_in", ToTokens(config)),
+                 ("embed", LinearEngine(one, max_out=config.max_d, delta=False)),
                  ("pos", PosAdd(config)), ("select", Select(config))]
         head = [("route", Route(config)), ("head_select", Select(config)),
                 ("norm", LayerNorm(one)), ("pool", MeanPool(config)),
-                ("head_in", ToTokens(config)), ("head", LinearEngine(one, logits=True))]
+                ("head_in", ToTokens(config)),
+                ("head", LinearEngine(one, logits=True, delta=False))]
         super().__init__(config, front + block_stages(config) + head,
                          skips=block_skips(config, attention_skip, mlp_skip),
                          links=BLOCK_LINKS + MODEL_LINKS,

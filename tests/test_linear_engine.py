@@ -237,3 +237,43 @@ def test_layers_hold_their_own_weights_and_a_bad_layer_is_refused():
         st = REGISTERS.status(seen[what])
         assert st.errors[error] and not st.running, (what, REGISTERS.describe(seen[what]))
         assert not seen[what + "_i"], "a refused run must not take tokens"
+
+
+def test_a_sized_dense_only_engine_refuses_delta_and_wider_layers_then_runs_dense_exact():
+    """An engine built for the embedding or the classifier (``max_out`` its layer's width,
+    ``delta=False``: no delta references): a delta run and a run wider than ``max_out`` are
+    refused (``config``, no token taken); the same hardware then runs its dense layer
+    bit-exact."""
+    from hw.linear_engine import LinearEngine
+    from hw.pipeline import Pipeline
+    from sim.driver import run_amaranth_plans
+    cfg = CONFIGS["r2v4k2"]
+    rng = random.Random(SEED + 503)
+    d_in, d_out = 2 * cfg.bitmap_word, cfg.lanes * (2 * cfg.rows + 1)
+    x, frame, spatial = random_tokens(rng, n_t=2, n_s=3, d_in=d_in)
+    layer = random_layer(rng, d_out, d_in)
+    wide = random_layer(rng, d_out + cfg.lanes, d_in)
+    dense = job_from_layer(cfg, layer, x, frame, spatial, 3, tau=2, delta_enable=False)
+    delta = job_from_layer(cfg, layer, x, frame, spatial, 3, tau=2, delta_enable=True)
+    wider = job_from_layer(cfg, wide, x, frame, spatial, 3, tau=2, delta_enable=False)
+
+    def refused(job, what):
+        return Plan(name=what, setup=job.setup("linear") + [
+            ("start", "linear", False), ("status", "linear", what), ("ready", "i", what + "_i"),
+            ("pulse", "linear", ("clear_error",))])
+    top = Pipeline(cfg, [("linear", LinearEngine(cfg, max_out=d_out, delta=False))])
+    res = run_amaranth_plans(top, [refused(delta, "delta"), refused(wider, "wider"),
+                                   dense.plan()], seed=SEED, stall=0.2,
+                             check=[False, False, True])
+    for k, what in enumerate(("delta", "wider")):
+        seen = res[k]["seen"]
+        st = REGISTERS.status(seen[what])
+        assert st.errors.config and not st.running, (what, REGISTERS.describe(seen[what]))
+        assert not seen[what + "_i"], "a refused run must not take tokens"
+
+
+@pytest.mark.parametrize("max_out", [0, 6, 4096, True, 8.0])
+def test_max_out_is_checked(max_out):
+    from hw.linear_engine import LinearEngine
+    with pytest.raises(ValueError, match="max_out must be a multiple of lanes"):
+        LinearEngine(CONFIGS["r2v4k2"], max_out=max_out)
