@@ -61,5 +61,8 @@ def simulated_link(config, *, simulator="verilator", optimised=False, timeout=12
         link.close()
         open(path_file + ".done", "w").close()
         sim.join(timeout=600)
-        if failure:
-            raise failure[0]
+    # Reached only when the caller's block succeeded: its own error is not masked.
+    if failure:
+        raise failure[0]
+    if sim.is_alive():
+        raise TimeoutError("the link simulation did not finish in 600 s after the host")

@@ -6,8 +6,9 @@ The testbench opens a pseudo-terminal, writes the path of its terminal end to th
 by ``RTSA_PTY_FILE``, and then moves bytes between the pseudo-terminal and the pins: each byte
 the host writes is driven onto ``rx`` bit by bit (8N1, ``RTSA_DIVISOR`` clock cycles a bit),
 and each byte the chip sends on ``tx`` is sampled in the middle of its bits and written back.
-It ends when the file ``RTSA_PTY_FILE + ".done"`` appears (the host is finished), or after
-``RTSA_PTY_LIMIT`` simulated cycles (a bound: the host may have died).
+It ends when the file ``RTSA_PTY_FILE + ".done"`` appears (the host is finished), or with an
+error after ``RTSA_PTY_LIMIT`` simulated cycles without a byte from the host (default 20
+million, about ten minutes of Verilator time: the host may have died).
 """
 
 import os
@@ -67,7 +68,7 @@ async def link_bridge(dut):
     divisor = int(os.environ.get("RTSA_DIVISOR", "4"))
     bit_ns = divisor * PERIOD_NS
     path_file = os.environ["RTSA_PTY_FILE"]
-    limit_ns = int(os.environ.get("RTSA_PTY_LIMIT", "2000000000")) * PERIOD_NS
+    limit_ns = int(os.environ.get("RTSA_PTY_LIMIT", "20000000")) * PERIOD_NS
     master, slave = os.openpty()
     tty.setraw(slave)
     os.set_blocking(master, False)
