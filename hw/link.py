@@ -580,10 +580,12 @@ class HostLink(wiring.Component):
     """
 
     def __init__(self, top, *, divisor, max_payload=1024, timeout=(1 << 20) - 1):
-        for what, v, lo in (("max_payload", max_payload, 8), ("timeout", timeout, 16)):
-            if not isinstance(v, int) or v < lo or (what == "max_payload" and v >= 1 << 16):
-                raise ValueError("{} must be an integer of at least {}, not {!r}"
-                                 .format(what, lo, v))
+        for what, v, lo, hi in (("max_payload", max_payload, 8, (1 << 16) - 1),
+                                ("timeout", timeout, 16, (1 << 32) - 1)):
+            if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+                self._MustUse__silence = True
+                raise ValueError("{} must be an integer in {} .. {}, not {!r}"
+                                 .format(what, lo, hi, v))
         self.top, self.ports = top, LinkPorts(top)
         self.divisor, self.max_payload, self.timeout = divisor, max_payload, timeout
         super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1)})

@@ -204,3 +204,14 @@ def test_payloads_pack_to_the_bytes_the_link_carries_and_back(path):
         bits = rng.getrandbits(data.Layout.cast(layout).size)
         value = unpack(layout, bits.to_bytes(size, "little"))
         assert pack(layout, value) == bits.to_bytes(size, "little")
+
+
+@pytest.mark.parametrize("kw", [dict(max_payload=4), dict(max_payload=1 << 16),
+                                dict(timeout=3), dict(timeout=True)])
+def test_link_parameters_are_checked(kw):
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t = top()
+    with pytest.raises(ValueError, match="must be an integer in"):
+        HostLink(t, divisor=DIV, **kw)
