@@ -251,7 +251,7 @@ class LinkBackend:
     async def read(self, addr):
         return self.link.read(addr)
 
-    async def send(self, port, beats, stalls):
+    async def send(self, port, beats, stalls, timeout=None):
         beats, sent, last = list(beats), 0, time.monotonic()
         while sent < len(beats):
             took = self.link.send_some(port, beats[sent:])

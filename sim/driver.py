@@ -17,8 +17,8 @@ Ports are named by path: ``"i"``, ``"o"``, ``"qkv.w_load"`` (Verilog ``qkv__w_lo
 
 :class:`JobDriver` runs a plan on a *backend* (:class:`AmaranthBackend`, or
 :class:`sim.streams.CocotbBackend`): an object with ``tick(n)``, ``write(addr, value)``,
-``read(addr)``, ``send(port, beats, stalls)``, ``receive(port, count, stalls, timeout)``,
-``ready(port)``. Every wait is bounded: outputs by ``timeout`` idle cycles, DONE by
+``read(addr)``, ``send(port, beats, stalls, timeout)``, ``receive(port, count, stalls, timeout)``,
+``ready(port)``. Every wait is bounded: inputs and outputs by ``timeout`` idle cycles, DONE by
 ``done_polls`` back-to-back reads and then reads spaced ever further apart (up to 1024
 cycles: a pass with no output stream, which fills the token buffer, waits for DONE without
 Python work every cycle) until ``timeout`` cycles have passed. :func:`run_amaranth` runs a plan under Amaranth's simulator;
@@ -116,7 +116,7 @@ class JobDriver:
                 await be.write(self._addr(stage, register), int(value))
             elif kind == "load":
                 _, port, beats = step
-                await be.send(port, beats, None)
+                await be.send(port, beats, None, self.plan.timeout)
             elif kind == "start":
                 _, stage, check = step
                 await be.write(self._addr(stage, "ctrl"), regs[stage][1].ctrl("start"))
@@ -145,7 +145,7 @@ class JobDriver:
             async def run(be):
                 while not self.go:
                     await be.tick()
-                await be.send(port, beats, self._stalls(k))
+                await be.send(port, beats, self._stalls(k), self.plan.timeout)
                 self._sent += 1
             return run
         return [source(k, p, b) for k, (p, b) in enumerate(self.plan.inputs)]
@@ -212,8 +212,8 @@ class AmaranthBackend:
     async def read(self, addr):
         return await csr_read(self.ctx, self.dut.csr, addr)
 
-    async def send(self, port, beats, stalls):
-        await put_all(self.ctx, self._port(port), beats, stalls)
+    async def send(self, port, beats, stalls, timeout):
+        await put_all(self.ctx, self._port(port), beats, stalls, timeout=timeout)
 
     async def receive(self, port, count, stalls, timeout):
         return await get_until(self.ctx, self._port(port), lambda r: len(r) >= count, stalls,

@@ -10,14 +10,23 @@ and Verilator).
 import cocotb
 from amaranth.lib import data
 from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, FallingEdge, First, ReadOnly, RisingEdge
+from cocotb.triggers import ClockCycles, FallingEdge, First, ReadOnly, RisingEdge, Timer
 from cocotb.types import LogicArray
 
 from sim.amaranth_streams import StreamStalls, to_python
 from sim.driver import JobDriver, port_layout
 
-__all__ = ["pack", "unpack", "input_ports", "start_clock_and_reset", "csr_write", "csr_read",
-           "StreamSource", "StreamSink", "CocotbBackend", "run_cocotb_plan"]
+__all__ = ["PERIOD_NS", "pack", "unpack", "input_ports", "start_clock_and_reset", "csr_write",
+           "csr_read", "StreamSource", "StreamSink", "CocotbBackend", "run_cocotb_plan"]
+
+#: The clock period of every testbench (100 MHz).
+PERIOD_NS = 10
+
+
+def _cycles(n):
+    """A trigger ``n`` clock periods from now: one simulator callback. (cocotb's ClockCycles
+    resumes Python on every edge it counts, which a long wait for an output paid per cycle.)"""
+    return Timer(max(1, n) * PERIOD_NS, unit="ns")
 
 
 def pack(layout, payload):
@@ -46,7 +55,7 @@ async def start_clock_and_reset(dut, cycles=2, *, idle=()):
     """
     for name in idle:
         getattr(dut, name).value = 0
-    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
+    cocotb.start_soon(Clock(dut.clk, PERIOD_NS, unit="ns").start())
     dut.rst.value = 1
     for _ in range(cycles):
         await FallingEdge(dut.clk)
@@ -113,8 +122,12 @@ class StreamSource(_StreamPort):
         self.payload.value = 0      # no X on an idle bus (Icarus is 4-state)
         self.sent = 0
 
-    async def send(self, payloads):
-        for payload in payloads:
+    async def send(self, payloads, timeout=None):
+        """Send every payload; with ``timeout``, raise :exc:`TimeoutError` when one is not
+        taken within ``timeout`` cycles (a design that never takes its input fails the test
+        instead of hanging it)."""
+        payloads = list(payloads)
+        for k, payload in enumerate(payloads):
             wait = self.stalls.wait() if self.stalls is not None else 0
             if wait:
                 await ClockCycles(self.clk, wait, rising=False)
@@ -128,7 +141,13 @@ class StreamSource(_StreamPort):
                     break
                 # Sleep until ready rises instead of polling every cycle (a blocked source
                 # would otherwise cost Python work on every clock).
-                await RisingEdge(self.ready)
+                if timeout is None:
+                    await RisingEdge(self.ready)
+                else:
+                    limit = _cycles(timeout)
+                    if await First(RisingEdge(self.ready), limit) is limit:
+                        raise TimeoutError("payload {} of {} not taken in {} cycles"
+                                           .format(k, len(payloads), timeout))
                 await self._to_sampling_point()
             self.valid.value = 0
             self.sent += 1
@@ -160,7 +179,7 @@ class StreamSink(_StreamPort):
                 continue
             # Nothing offered: sleep until valid rises (or the timeout runs out) instead of
             # polling every cycle, then sample again (see _to_sampling_point).
-            limit = ClockCycles(self.clk, max(1, timeout - idle))
+            limit = _cycles(timeout - idle)
             if await First(RisingEdge(self.valid), limit) is limit:
                 raise TimeoutError("No output for {} cycles after {} beats"
                                    .format(timeout, len(self.received)))
@@ -182,7 +201,11 @@ class CocotbBackend:
         return port.replace(".", "__")
 
     async def tick(self, n=1):
-        await ClockCycles(self.dut.clk, n, rising=False)
+        if n > 2:                       # one callback, then back onto a falling edge
+            await _cycles(n - 1)
+            await FallingEdge(self.dut.clk)
+        else:
+            await ClockCycles(self.dut.clk, n, rising=False)
 
     async def write(self, addr, value):
         await csr_write(self.dut, addr, value)
@@ -190,9 +213,9 @@ class CocotbBackend:
     async def read(self, addr):
         return await csr_read(self.dut, addr)
 
-    async def send(self, port, beats, stalls):
+    async def send(self, port, beats, stalls, timeout):
         await StreamSource(self.dut, self._name(port), port_layout(self.top, port),
-                           stalls=stalls).send(beats)
+                           stalls=stalls).send(beats, timeout=timeout)
 
     async def receive(self, port, count, stalls, timeout):
         sink = StreamSink(self.dut, self._name(port), port_layout(self.top, port), stalls=stalls)

@@ -17,10 +17,7 @@ import tty
 import cocotb
 from cocotb.triggers import FallingEdge, Timer
 
-from sim.streams import start_clock_and_reset
-
-#: The clock period start_clock_and_reset uses (ns).
-PERIOD_NS = 10
+from sim.streams import PERIOD_NS, start_clock_and_reset
 
 
 async def _chip_to_host(dut, master, bit_ns):
