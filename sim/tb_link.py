@@ -7,8 +7,9 @@ by ``RTSA_PTY_FILE``, and then moves bytes between the pseudo-terminal and the p
 the host writes is driven onto ``rx`` bit by bit (8N1, ``RTSA_DIVISOR`` clock cycles a bit),
 and each byte the chip sends on ``tx`` is sampled in the middle of its bits and written back.
 It ends when the file ``RTSA_PTY_FILE + ".done"`` appears (the host is finished), or with an
-error after ``RTSA_PTY_LIMIT`` simulated cycles without a byte from the host (default 20
-million, about ten minutes of Verilator time: the host may have died).
+error when the process that started it ends, or after ``RTSA_PTY_LIMIT`` simulated cycles
+without a byte from the host (default 20 million, about ten minutes of Verilator time). (An
+orphaned simulation of an earlier version ran for an hour beside the next CI run.)
 """
 
 import os
@@ -40,7 +41,12 @@ async def _chip_to_host(dut, master, bit_ns):
 async def _host_to_chip(dut, master, bit_ns, done, limit_ns):
     poll_ns = 20 * bit_ns
     elapsed = 0
+    parent = os.getppid()
     while not os.path.exists(done):
+        if os.getppid() != parent:
+            # The process that started the simulation (and runs the host) is gone: an orphaned
+            # simulation would otherwise spin until its limit.
+            raise RuntimeError("the host process ended without finishing the link")
         try:
             data = os.read(master, 4096)
         except BlockingIOError:
