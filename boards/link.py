@@ -22,7 +22,8 @@ import time
 from amaranth.hdl import Shape
 from amaranth.lib import data
 
-from hw.link import SYNC_CHIP, SYNC_HOST, VERSION, Command, LinkPorts, Status, crc16
+from hw.link import (SYNC_CHIP, SYNC_HOST, Command, LinkPorts, Status, crc16, info_bytes,
+                     payload_bits)
 
 __all__ = ["LinkError", "encode_frame", "ResponseReader", "pack", "unpack", "Link",
            "LinkBackend", "run_plans"]
@@ -75,18 +76,13 @@ class ResponseReader:
         return head[0], head[1], rest[:length]
 
 
-def _size(layout):
-    return data.Layout.cast(layout).size if isinstance(layout, data.Layout) \
-        else Shape.cast(layout).width
-
-
 def pack(layout, payload):
     """A stream payload (dict/list for a ``lib.data`` layout, int for a shape) -> its bytes."""
     if isinstance(layout, data.Layout):
         bits = layout.const(payload).as_value().value
     else:
-        bits = int(payload) & ((1 << _size(layout)) - 1)
-    return bits.to_bytes(-(-_size(layout) // 8), "little")
+        bits = int(payload) & ((1 << payload_bits(layout)) - 1)
+    return bits.to_bytes(-(-payload_bits(layout) // 8), "little")
 
 
 def unpack(layout, raw):
@@ -150,9 +146,7 @@ class Link:
     def check_info(self):
         """The chip's INFO must match this link's port map and payload size."""
         _, body = self.command(Command.INFO)
-        want = bytes([VERSION]) + struct.pack("<H", self.max_payload) + bytes(
-            [len(self.ports.inputs), len(self.ports.outputs)]
-            + [b for _, _, b in self.ports.inputs + self.ports.outputs])
+        want = info_bytes(self.ports, self.max_payload)
         if body != want:
             raise LinkError("the chip's INFO {} does not match this top's {}"
                             .format(body.hex(), want.hex()))
@@ -192,8 +186,9 @@ class Link:
                                     ok=(Status.OK, Status.STALLED))
         return struct.unpack("<H", body)[0]
 
-    def send(self, path, beats, *, deadline=10.0):
-        """Send every beat; raises :exc:`LinkError` when the stream takes none for
+    def sending(self, path, beats, *, deadline=10.0):
+        """Send every beat, a frame at a time, yielding after each frame (so that a caller can
+        interleave other streams); raises :exc:`LinkError` when the stream takes none for
         ``deadline`` seconds (a load into a running stage)."""
         beats, sent, last = list(beats), 0, time.monotonic()
         while sent < len(beats):
@@ -204,6 +199,13 @@ class Link:
             elif time.monotonic() - last > deadline:
                 raise LinkError("{}: {} of {} beats taken, then none for {} s".format(
                     path, sent, len(beats), deadline), Status.STALLED)
+            yield sent
+
+    def send(self, path, beats, *, deadline=10.0):
+        """Send every beat (:meth:`sending`); returns how many."""
+        sent = 0
+        for sent in self.sending(path, beats, deadline=deadline):
+            pass
         return sent
 
     def recv_some(self, path, count):
@@ -252,15 +254,7 @@ class LinkBackend:
         return self.link.read(addr)
 
     async def send(self, port, beats, stalls, timeout=None):
-        beats, sent, last = list(beats), 0, time.monotonic()
-        while sent < len(beats):
-            took = self.link.send_some(port, beats[sent:])
-            sent += took
-            if took:
-                last = time.monotonic()
-            elif time.monotonic() - last > self.deadline:
-                raise LinkError("{}: {} of {} beats taken, then none for {} s".format(
-                    port, sent, len(beats), self.deadline), Status.STALLED)
+        for _ in self.link.sending(port, beats, deadline=self.deadline):
             await asyncio.sleep(0)
 
     async def receive(self, port, count, stalls, timeout):

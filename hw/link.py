@@ -51,7 +51,8 @@ from amaranth.lib.wiring import In, Out, connect
 from hw.engine import RegisterSignature
 from hw.uart import UARTRx, UARTTx
 
-__all__ = ["SYNC_HOST", "SYNC_CHIP", "VERSION", "Command", "Status", "crc16", "frame_layout",
+__all__ = ["SYNC_HOST", "SYNC_CHIP", "VERSION", "Command", "Status", "crc16", "payload_bits",
+           "info_bytes", "frame_layout",
            "response_layout", "LinkPorts", "FrameReceiver", "FrameSender", "CommandExecutor",
            "HostLink", "LinkedModel", "SIM_DIVISOR", "SIM_TIMEOUT"]
 
@@ -82,6 +83,20 @@ class Status(enum.IntEnum):
 def crc16(data_bytes):
     """The frames' CRC of ``data_bytes`` (CRC-16/CCITT-FALSE)."""
     return binascii.crc_hqx(bytes(data_bytes), 0xFFFF)
+
+
+def payload_bits(layout):
+    """Bits of a stream payload of ``layout`` (a ``lib.data`` layout or a shape); a beat crosses
+    the link in ``ceil(bits / 8)`` bytes."""
+    return data.Layout.cast(layout).size if isinstance(layout, data.Layout) \
+        else Shape.cast(layout).width
+
+
+def info_bytes(ports, max_payload):
+    """INFO's response payload: version, ``max_payload`` (u16), the numbers of inputs and
+    outputs, and each port's beat bytes (:class:`LinkPorts`), inputs then outputs."""
+    return bytes([VERSION, max_payload & 0xFF, max_payload >> 8, len(ports.inputs),
+                  len(ports.outputs)] + [b for _, _, b in ports.inputs + ports.outputs])
 
 
 #: A received frame, from :class:`FrameReceiver` to :class:`CommandExecutor`.
@@ -119,10 +134,8 @@ class LinkPorts:
             sig = member.signature
             if isinstance(sig, stream.Signature):
                 layout = sig.members["payload"].shape
-                size = data.Layout.cast(layout).size if isinstance(layout, data.Layout) \
-                    else Shape.cast(layout).width
                 # A host-to-chip stream is an input of the component (In, or Out flipped).
-                entry = (".".join(path + (name,)), layout, -(-size // 8))
+                entry = (".".join(path + (name,)), layout, -(-payload_bits(layout) // 8))
                 (self.inputs if inward else self.outputs).append(entry)
             else:
                 self._walk(sig, path + (name,), inward)
@@ -314,7 +327,7 @@ class CommandExecutor(wiring.Component):
         ports = self._ports
         sizes = [b for _, _, b in ports.inputs + ports.outputs]
         f = self.frame.payload
-        s = self._state = _ExecState(m, max(sizes + [6]), len(self._info_bytes()), self._timeout)
+        s = _ExecState(max(sizes + [6]), len(info_bytes(ports, self._max)), self._timeout)
         m.d.comb += [self.rx.addr.eq(s.ptr), self.tx.addr.eq(s.optr),
                      self.csr.addr.eq(s.word[:16]), self.csr.w_data.eq(s.word[16:48])]
         self._streams(m, s)
@@ -470,13 +483,8 @@ class CommandExecutor(wiring.Component):
             with m.Else():
                 m.d.sync += s.wait.eq(s.wait + 1)
 
-    def _info_bytes(self):
-        ports = self._ports
-        return ([VERSION, self._max & 0xFF, self._max >> 8, len(ports.inputs),
-                 len(ports.outputs)] + [b for _, _, b in ports.inputs + ports.outputs])
-
     def _info(self, m, s):
-        info = self._info_bytes()
+        info = info_bytes(self._ports, self._max)
         with m.State("I_put"):
             m.d.comb += self.tx.en.eq(1)
             with m.Switch(s.k):
@@ -507,7 +515,7 @@ class CommandExecutor(wiring.Component):
 class _ExecState:
     """The executor's registers, and the Fetch / Put subroutines' return address."""
 
-    def __init__(self, m, max_bytes, info_bytes, timeout):
+    def __init__(self, max_bytes, info_bytes, timeout):
         self.ptr = Signal(16)                      # next rx buffer byte
         self.optr = Signal(16)                     # next tx buffer byte (= response length)
         self.word = Signal(8 * max_bytes)          # fetched bytes, first at the bottom
@@ -524,7 +532,6 @@ class _ExecState:
         self.incoming = Signal(8 * max_bytes)
         self._after = {}                           # return state name -> code
         self.after = Signal(8)
-        self._m = m
 
     def _code(self, name):
         return self._after.setdefault(name, len(self._after))
