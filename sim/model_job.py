@@ -206,18 +206,19 @@ class ModelJob:
         plans = []
         for k, job in enumerate(jobs + ([None] if head_pass else [])):
             first, head = k == 0, k == len(jobs) - 1 + head_pass
+            to_head = head and not head_pass            # the block's tokens go on to the head
             program, counters, started = [], {}, []
             if job is not None:
-                program, counters, started = self._block_pass(k, job, to_head=head and not head_pass)
+                program, counters, started = self._block_pass(k, job, to_head=to_head)
             if first:
                 program += self._embed_program()
                 started = ["embed_in", "embed", "pos"] + started
                 counters.update(self._embed_counters())
-            buffer, keep = self._buffer_program(k, to_head=head and not head_pass)
+            buffer, keep, buffer_counters = self._buffer_program(k, to_head=to_head)
             if buffer:
                 program = keep + program + buffer
                 started = ["buffer"] + started
-                counters["buffer"] = self._buffer_counters(k, to_head=head and not head_pass)
+                counters["buffer"] = buffer_counters
             if head:
                 program += self._head_program(head_pass)
                 started += ["head_select", "norm", "pool", "head_in", "head"]
@@ -264,14 +265,15 @@ class ModelJob:
         return program, counters, ["select"] + list(job.stages) + ["route"]
 
     def _buffer_program(self, k, *, to_head):
-        """The buffer's settings for pass ``k`` (empty when it is not used) and the keep-list
-        load that goes before them: a drain of what block ``k - 1`` left (listed after an STA
-        stage), a fill with block ``k``'s output unless it goes to the head."""
+        """The buffer's settings for pass ``k`` (empty when it is not used), the keep-list load
+        that goes before them, and its expected counters: a drain of what block ``k - 1`` left
+        (listed after an STA stage), a fill with block ``k``'s output unless it goes to the
+        head."""
         jobs = self.blocks.blocks
         drain = self._tokens_in(k) if k > 0 else 0
         fill = 0 if to_head or k == len(jobs) else self._tokens_in(k)
         if not (drain or fill):
-            return [], []
+            return [], [], {}
         keep = self.blocks.keeps[k - 1] if k > 0 else None
         program = [("pulse", "buffer", ("clear_error",)), ("write", "buffer", "d", self._d),
                    ("write", "buffer", "fill_tokens", fill),
@@ -281,12 +283,7 @@ class ModelJob:
         loads = [] if keep is None else [("pulse", "buffer", ("reset_load",)),
                                          ("load", "buffer.keep_load",
                                           [{"index": i} for i in keep])]
-        return program, loads
-
-    def _buffer_counters(self, k, *, to_head):
-        jobs = self.blocks.blocks
-        return {"tokens_in": 0 if to_head or k == len(jobs) else self._tokens_in(k),
-                "tokens_out": self._tokens_in(k) if k > 0 else 0}
+        return program, loads, {"tokens_in": fill, "tokens_out": drain}
 
     def _embed_program(self):
         n0 = self._tokens_in(0)
