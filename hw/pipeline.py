@@ -78,6 +78,12 @@ class CreditSignature(wiring.Signature):
         return super().__eq__(other) and self.slots == getattr(other, "slots", None)
 
 
+def _hidden_ports(name, stages):
+    """The ports of component ``name`` that the pipeline wires itself: a stage's chain ports
+    (``i``, ``o``, ``pe``, ``csr``, ``credit``), a side's ``csr`` only."""
+    return set(_RESERVED) if name in {n for n, _ in stages} else {"csr"}
+
+
 def _payload(stage, port):
     return stage.signature.members[port].signature.members["payload"].shape
 
@@ -223,16 +229,10 @@ class Pipeline(wiring.Component):
                    "csr": In(RegisterSignature(self.window_bits + bits_for(len(with_regs))))}
         joins = {j for _, j, _ in self._skips}
         self._extra = {}
-        for n, s in stages:
+        for n, s in stages + sides:
+            hidden = _hidden_ports(n, stages) | ({"skip"} if n in joins else set())
             extra = {p: mem for p, mem in s.signature.members.items()
-                     if p not in _RESERVED and not (p == "skip" and n in joins)
-                     and (n, p) not in linked}
-            self._extra[n] = tuple(extra)
-            if extra:
-                members[n] = Out(wiring.Signature(extra))
-        for n, s in sides:
-            extra = {p: mem for p, mem in s.signature.members.items()
-                     if p != "csr" and (n, p) not in linked}
+                     if p not in hidden and (n, p) not in linked}
             self._extra[n] = tuple(extra)
             if extra:
                 members[n] = Out(wiring.Signature(extra))
@@ -262,8 +262,7 @@ class Pipeline(wiring.Component):
     def _check_links(stages, sides, links):
         by_name = dict(stages + sides)
         # A stage's chain ports are the pipeline's; a side's i and o are ordinary ports.
-        chain = {n for n, _ in stages}
-        reserved = {n: _RESERVED if n in chain else ("csr",) for n in by_name}
+        reserved = {n: _hidden_ports(n, stages) for n in by_name}
         out = []
         for link in links:
             if len(link) != 4 or link[0] not in by_name or link[2] not in by_name:
