@@ -18,7 +18,7 @@ SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export AMARANTH_USE_YOSYS := builtin
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install verilog test eval bench demo vectors bitstream synth clean help
+.PHONY: install verilog test eval bench demo vectors bitstream selftest synth clean help
 
 help:
 	@echo "make verilog     generate Verilog of every top for the presets tiny, default, vidt (PRESET=...) into build/verilog/<preset>/"
@@ -27,7 +27,8 @@ help:
 	@echo "make bench       linear and attention engine and run-through cycles on the benchmark model (Verilator) -> build/bench/{linear,attention,run_through}.json, {linear,attention}.md; FULL=1 adds a whole block per stage at 49/196/392 tokens -> build/bench/block.{json,md} and the whole model on two held-out clips -> build/bench/model.{json,md}"
 	@echo "make demo        a clip in, a class out, over the UART host link: the simulated chip (Verilator, pyserial on a pseudo-terminal) or a board (PORT=/dev/ttyUSB0); MODEL=bench for the trained model -> build/demo/demo.json"
 	@echo "make vectors     export one clip's integer test vectors for co-simulation -> build/vectors/"
-	@echo "make bitstream   build the self-checking FPGA top (BOARD=ulx3s|icebreaker) into build/<board>/"
+	@echo "make bitstream   the accelerator behind its UART host link for a board (BOARD=ulx3s: the run-through; BOARD=icebreaker: the PE array; DESIGN=model_link: the whole model, which fits neither) -> build/<board>/report.json"
+	@echo "make selftest    the PE-array self-test with vectors in ROM (BOARD=...) -> build/<board>_selftest/"
 	@echo "make synth       synth_ecp5 every generated top (tiny, vidt; PRESET=...) -> build/synth/report.{json,md} (slow: ~14 min, not in CI)"
 	@echo "make clean       remove build outputs (keeps .venv)"
 
@@ -70,7 +71,10 @@ vectors: $(STAMP)
 	$(PY) -m golden.export --clip 0 --block 0 --tau 2 --rho 0.5 --out build/vectors/test0_block0
 
 bitstream: $(STAMP)
-	$(PY) -m boards.build --board $(BOARD) $(if $(PRESET),--preset $(PRESET),)
+	$(PY) -m boards.build --board $(BOARD) $(if $(DESIGN),--design $(DESIGN),) $(if $(PRESET),--preset $(PRESET),)
+
+selftest: $(STAMP)
+	$(PY) -m boards.build --board $(BOARD) --design selftest --out build/$(BOARD)_selftest $(if $(PRESET),--preset $(PRESET),)
 
 synth: $(STAMP)
 	$(PY) -m hw.synth --out build/synth $(if $(PRESET),--preset $(PRESET),)

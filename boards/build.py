@@ -1,8 +1,16 @@
-"""Build the self-checking FPGA top (:class:`boards.selftest.SelfTest`) for a board.
+"""Build the accelerator behind its host link, or the PE-array self-test, for a board.
 
 Usage (from the repository root)::
 
-    python -m boards.build --board {ulx3s,icebreaker} [--preset NAME] [--out build/<board>]
+    python -m boards.build --board {ulx3s,icebreaker} [--design NAME] [--preset NAME]
+                           [--out build/<board>]
+
+``--design`` is a linked design of :data:`hw.designs.DESIGNS` (:class:`boards.top.BoardLink`:
+the UART host link on the board's FTDI pins) or ``selftest`` (:class:`boards.selftest.SelfTest`:
+the PE array against vectors in ROM, LEDs for the verdict). Each board has its own: the ULX3S
+the run-through (``run_through_link`` at ``vidt``), the iCEBreaker the PE array
+(``pe_array_link`` at ``tiny``); the whole model (``model_link``) fits neither, which the build
+says before it runs any tool (:func:`fit`).
 
 The pip-installed YoWASP tools are used unless the environment names others (``YOSYS``,
 ``NEXTPNR_ECP5``, ...). They cannot see absolute paths under ``/tmp``, so the build directory is
@@ -10,7 +18,7 @@ given to Amaranth relative to the current directory (the repository root).
 
 After the bitstream, ``<out>/report.json`` summarises the build:
 
-``board``, ``preset``, ``device``
+``board``, ``design``, ``preset``, ``device``
     What was built.
 ``fmax_mhz``, ``clock_mhz``, ``timing_met``
     nextpnr's achieved and constrained frequency of the one clock domain.
@@ -22,9 +30,13 @@ After the bitstream, ``<out>/report.json`` summarises the build:
     logic cells) the ``SB_DFF*`` cells of the Yosys netlist.
 ``dsps``, ``brams``
     Multipliers (``MULT18X18D`` / ``SB_MAC16``) and block RAMs (``DP16KD`` / ``SB_RAM40_4K``).
-``utilization``, ``yosys_cells``, ``build_seconds``, ``vectors``
-    Every nextpnr resource count, the Yosys cell counts, wall time of the tool run, and the
-    self-test vectors in ROM.
+``utilization_percent``
+    LUTs, DSPs and block RAMs in percent of the part's.
+``utilization``, ``yosys_cells``, ``build_seconds``
+    Every nextpnr resource count, the Yosys cell counts, wall time of the tool run.
+``vectors`` (self-test) or ``link`` and ``block_rams_estimated`` (linked designs)
+    The self-test vectors in ROM; the link's baud rate, UART divisor and stream counts, and
+    the block RAMs :func:`fit` estimated.
 """
 
 import argparse
@@ -40,7 +52,7 @@ from pathlib import Path
 
 from hw.config import PRESETS, preset as get_preset
 
-__all__ = ["BOARDS", "Board", "build", "parse_reports", "main"]
+__all__ = ["BOARDS", "Board", "build", "fit", "parse_reports", "main"]
 
 #: Tools of the YoWASP (pip) toolchain, by the environment variable Amaranth reads.
 YOWASP_TOOLS = {
@@ -61,7 +73,7 @@ class Board:
     platform : str
         ``module:Class`` of the amaranth-boards platform (imported lazily).
     preset : str
-        Default configuration preset.
+        Default configuration preset of :attr:`design`.
     family : str
         ``"ecp5"`` or ``"ice40"``: picks the tools and the report fields.
     leds : dict
@@ -74,6 +86,14 @@ class Board:
         Extra environment defaults (tools the platform insists on even to build).
     break_off_pmod : bool
         Add the iCEBreaker's snap-off LED/button PMOD resources.
+    design : str
+        What ``make bitstream`` builds by default: a linked design of :data:`hw.designs.DESIGNS`
+        (the accelerator behind the UART host link) or ``"selftest"``.
+    baud : int
+        The host link's rate: the board clock over it must be a whole number of cycles (the
+        UART's ``divisor``) that the FTDI bridge can also make.
+    selftest_preset : str or None
+        Default preset of the self-test (``preset`` when None).
     """
     platform: str
     preset: str
@@ -83,12 +103,15 @@ class Board:
     build_opts: dict = field(default_factory=dict)
     env: dict = field(default_factory=dict)
     break_off_pmod: bool = False
+    design: str = "selftest"
+    baud: int = 3_000_000
+    selftest_preset: str = None
 
 
 BOARDS = {
     # ULX3S: eight active-high LEDs in a row; the default preset fills most multipliers.
     "ulx3s": Board(
-        platform="amaranth_boards.ulx3s:ULX3S_85F_Platform", preset="default", family="ecp5",
+        platform="amaranth_boards.ulx3s:ULX3S_85F_Platform", preset="vidt", family="ecp5",
         leds={"heartbeat": ("led", 0), "passed": ("led", 1), "failed": ("led", 2),
               "done": ("led", 3)},
         bitstream="top.bit",
@@ -96,13 +119,17 @@ BOARDS = {
         # takes ~6 min either way); Fmax 48 against 57 MHz, both far above the 25 MHz clock.
         build_opts={"nextpnr_opts": "--router router2"},
         # The platform checks for openFPGALoader even when it only builds.
-        env={"OPENFPGALOADER": "true"}),
+        env={"OPENFPGALOADER": "true"},
+        # The run-through is the largest part of the model the LFE5U-85F's block RAM holds
+        # (python -m hw.memories); 25 MHz / 1 Mbaud = 25 cycles a bit (3 Mbaud is 8.33).
+        design="run_through_link", baud=1_000_000, selftest_preset="default"),
     # iCEBreaker: red and green LEDs on the main board carry the verdict; heartbeat and done use
     # the snap-off PMOD's LEDs (LED3, LED4). "-dsp" maps the lane multipliers to SB_MAC16.
-    # The UP5K has exactly 8 of them, one per lane; the requantiser's 28 x 17 multiplier would
-    # take two more (mul2dsp splits it: 10/8, no fit), so every multiplier wider than one
-    # SB_MAC16 is built in LUTs before synth_ice40 sees it, as a radix-4 Booth multiplier
-    # (3827 logic cells in all, against 4103 with Yosys's plain shift-and-add techmap).
+    # The UP5K has exactly 8 of them, one per lane (9 x 9, an 18-bit product); the
+    # requantiser's two partial products (15 x 16 and 14 x 16) would take two more (10/8, no
+    # fit), so every multiplier with a product wider than 20 bits is built in LUTs before
+    # synth_ice40 sees it, as a radix-4 Booth multiplier (3827 logic cells in all for the
+    # whole 29 x 16 product, against 4103 with Yosys's plain shift-and-add techmap).
     "icebreaker": Board(
         platform="amaranth_boards.icebreaker:ICEBreakerPlatform", preset="tiny",
         family="ice40",
@@ -111,8 +138,11 @@ BOARDS = {
         bitstream="top.bin",
         build_opts={"synth_opts": "-dsp",
                     "script_after_read":
-                        "proc; booth t:$mul r:A_WIDTH>16 r:B_WIDTH>16 %u %i"},
-        break_off_pmod=True),
+                        "proc; booth t:$mul r:Y_WIDTH>20 %i"},
+        break_off_pmod=True,
+        # No engine fits the UP5K's 30 block RAMs: the PE array alone, operands from the
+        # host. 12 MHz / 3 Mbaud = 4 cycles a bit.
+        design="pe_array_link"),
 }
 
 # nextpnr resource names per family: logic, flip-flops, multipliers, block RAMs.
@@ -277,15 +307,29 @@ def parse_reports(build_dir, family):
     }
 
 
-def build(*, board, preset=None, out=None):
-    """Elaborate, synthesise, place, route and pack the self-test for ``board``.
+def fit(design, config, family):
+    """Block RAMs ``design`` needs on ``family`` against what the board's part has:
+    ``(needed, available, [(memory, blocks)] largest first)`` (:func:`hw.memories.block_rams`,
+    an estimate from the declared memories, before any synthesis)."""
+    from hw.memories import BLOCK_RAMS, block_rams, memory_inventory
+    need = block_rams(memory_inventory(design, config), family)
+    need.sort(key=lambda pb: -pb[1])
+    return sum(b for _, b in need), BLOCK_RAMS[family]["available"], need
+
+
+def build(*, board, design=None, preset=None, out=None):
+    """Elaborate, synthesise, place, route and pack ``design`` for ``board``.
 
     Parameters
     ----------
     board : str
         A key of :data:`BOARDS`.
+    design : str or None
+        A linked design of :data:`hw.designs.DESIGNS` (``*_link``: the accelerator behind the
+        host link, :class:`boards.top.BoardLink`) or ``"selftest"``
+        (:class:`boards.selftest.SelfTest`); ``None`` takes the board's own.
     preset : str or None
-        Configuration preset; ``None`` takes the board's default.
+        Configuration preset; ``None`` takes the board's default for the design.
     out : str or None
         Build directory relative to the current directory; ``build/<board>`` by default.
 
@@ -293,13 +337,25 @@ def build(*, board, preset=None, out=None):
     -------
     dict
         The report also written to ``<out>/report.json``.
+
+    Raises
+    ------
+    BuildError
+        A design whose memories need more block RAM than the part has (before the toolchain
+        runs), or a failed tool.
     """
     from boards.selftest import SelfTest
+    from boards.top import BoardLink
 
     if board not in BOARDS:
         raise ValueError("board must be one of {}, not {!r}".format(", ".join(BOARDS), board))
     spec = BOARDS[board]
-    preset = spec.preset if preset is None else preset
+    design = spec.design if design is None else design
+    if design != "selftest" and not design.endswith("_link"):
+        raise ValueError("design must be selftest or a linked design (*_link) of "
+                         "hw.designs.DESIGNS, not {!r}".format(design))
+    if preset is None:
+        preset = (spec.selftest_preset or spec.preset) if design == "selftest" else spec.preset
     config = get_preset(preset)
     out = Path("build", board) if out is None else Path(out)
     if out.is_absolute():
@@ -308,13 +364,32 @@ def build(*, board, preset=None, out=None):
                          .format(out))
     _set_env(spec)
 
-    _log("board {}, preset {} ({} rows x {} lanes), output {}".format(
-        board, preset, config.rows, config.lanes, out))
+    _log("board {}, design {}, preset {} ({} rows x {} lanes), output {}".format(
+        board, design, preset, config.rows, config.lanes, out))
     t0 = time.monotonic()
-    top = SelfTest(config, leds=spec.leds)
-    _log("self-test vectors: {} input beats, {} expected rows (seed {})"
-         .format(len(top.beats), len(top.expected), top.seed))
     platform = _platform(spec)
+    if design == "selftest":
+        top, extra = SelfTest(config, leds=spec.leds), {}
+        _log("self-test vectors: {} input beats, {} expected rows (seed {})"
+             .format(len(top.beats), len(top.expected), top.seed))
+        extra = {"vectors": {"beats": len(top.beats), "rows": len(top.expected),
+                             "seed": top.seed}}
+    else:
+        needed, available, rams = fit(design, config, spec.family)
+        _log("block RAM: {} of {} ({:.0%})".format(needed, available, needed / available))
+        if needed > available:
+            raise BuildError(
+                "{} at preset {} needs {} block RAMs, the {} has {}; largest: {}. See "
+                "python -m hw.memories --design {} --preset {} --family {}".format(
+                    design, preset, needed, platform.device, available,
+                    ", ".join("{} {}".format(p, b) for p, b in rams[:5]), design, preset,
+                    spec.family))
+        top = BoardLink(design, config, clock_hz=platform.default_clk_frequency,
+                        baud=spec.baud, led=spec.leds.get("heartbeat"))
+        extra = {"link": {"baud": spec.baud, "divisor": top.divisor,
+                          "inputs": len(top.link.ports.inputs),
+                          "outputs": len(top.link.ports.outputs)},
+                 "block_rams_estimated": needed}
     opts = dict(spec.build_opts)
     opts["nextpnr_opts"] = " ".join(filter(None, [opts.get("nextpnr_opts"),
                                                   "--report top.report.json"]))
@@ -332,14 +407,19 @@ def build(*, board, preset=None, out=None):
     bitstream = out / spec.bitstream
     if not bitstream.is_file() or bitstream.stat().st_size == 0:
         raise BuildError("Bitstream {} is missing or empty".format(bitstream))
+    res = parse_reports(out, spec.family)
+    names = _RESOURCES[spec.family]
+    used = {k: res["utilization"][names[k]] for k in ("luts", "dsps", "brams")}
     report = {
-        "board": board, "preset": preset, "device": "{}-{}".format(platform.device,
-                                                                   platform.package),
-        **parse_reports(out, spec.family),
+        "board": board, "design": design, "preset": preset,
+        "device": "{}-{}".format(platform.device, platform.package),
+        **res,
+        "utilization_percent": {k: round(100 * u["used"] / u["available"], 1)
+                                for k, u in used.items()},
         "bitstream": str(bitstream), "bitstream_bytes": bitstream.stat().st_size,
         "build_seconds": round(time.monotonic() - t0, 1),
         "tool_seconds": round(tool_seconds, 1),
-        "vectors": {"beats": len(top.beats), "rows": len(top.expected), "seed": top.seed},
+        **extra,
         "config": config.summary(),
     }
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -348,7 +428,8 @@ def build(*, board, preset=None, out=None):
 
 def _table(report):
     util = report["utilization"]
-    rows = [("board / preset", "{} / {}".format(report["board"], report["preset"])),
+    rows = [("board / design / preset", "{} / {} / {}".format(
+                report["board"], report["design"], report["preset"])),
             ("device", report["device"]),
             ("Fmax", "{:.1f} MHz (clock {:g} MHz, timing {})".format(
                 report["fmax_mhz"], report["clock_mhz"],
@@ -368,12 +449,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m boards.build", description=__doc__
                                      .split("\n\n")[0])
     parser.add_argument("--board", required=True, choices=sorted(BOARDS))
+    parser.add_argument("--design", help="selftest or a linked design (*_link; default: the "
+                                         "board's own)")
     parser.add_argument("--preset", choices=sorted(PRESETS),
                         help="configuration preset (default: the board's own)")
     parser.add_argument("--out", help="build directory, relative (default: build/<board>)")
     args = parser.parse_args(argv)
     try:
-        report = build(board=args.board, preset=args.preset, out=args.out)
+        report = build(board=args.board, design=args.design, preset=args.preset, out=args.out)
     except (BuildError, ValueError) as exc:
         print("boards.build: error: {}".format(exc), file=sys.stderr, flush=True)
         return 1

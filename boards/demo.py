@@ -27,10 +27,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-#: No board bitstream holds the whole model yet (``make bitstream`` builds the PE-array
-#: self-test): say so instead of timing out on a board that cannot answer.
-BOARD_HINT = ("no response from {port}: a board answers only with the accelerator's bitstream "
-              "(hw.link.LinkedModel), which make bitstream does not build yet")
+#: No board holds the whole model (python -m boards.build --design model_link says why: its
+#: memories need about three times the LFE5U-85F's block RAM); say so instead of timing out on
+#: a board that cannot answer.
+BOARD_HINT = ("no response from {port}: only the whole model's bitstream (hw.link.LinkedModel) "
+              "answers this demo, and it fits no board yet (make bitstream DESIGN=model_link "
+              "says why; the boards hold the run-through and the PE array behind the link)")
 
 
 def _job(args):

@@ -12,7 +12,8 @@ from golden import contract
 # Widths of indices: stdlib-only, in the contract, so that hw.config (no Amaranth) uses them too.
 from golden.contract import bits_for, log2_exact
 
-__all__ = ["shape_of", "saturate", "round_shift", "requantize", "requantize_product", "fits",
+__all__ = ["shape_of", "saturate", "round_shift", "round_shift_head", "round_shift_tail",
+           "requantize", "requantize_product", "fits",
            "bits_for", "log2_exact", "popcount", "div_half_up"]
 
 
@@ -41,6 +42,20 @@ def round_shift(value, shift):
     """
     shift_m1 = (shift - 1).as_unsigned()[:len(shift)]
     return Mux(shift == 0, value, ((value >> shift_m1) + 1) >> 1)
+
+
+def round_shift_head(value, shift):
+    """First half of :func:`round_shift`, for a pipeline: ``value >> (shift - 1)`` (``value``
+    when ``shift`` is 0). :func:`round_shift_tail` of it with ``shift == 0`` is
+    ``round_shift(value, shift)``."""
+    shift_m1 = (shift - 1).as_unsigned()[:len(shift)]
+    return Mux(shift == 0, value, value >> shift_m1)
+
+
+def round_shift_tail(head, zero):
+    """Second half of :func:`round_shift`: ``head`` itself when the shift was ``0`` (``zero``),
+    else ``(head + 1) >> 1``."""
+    return Mux(zero, head, (head + 1) >> 1)
 
 
 def requantize_product(product, shift, out=contract.ACT):

@@ -546,7 +546,10 @@ class AttentionEngine(Engine):
             "vector": [[ns.q_cur[l][0] for l in range(V)]],
             "mask": [Mux(cur.kept[r], cur.lanes, 0) for r in range(R)],
         }, name="qk_beat")
-        m.d.comb += [req.valid.eq(s2.valid | ns.qk_valid),
+        # A closing beat waits for room for its tag (offered without it, the array took it
+        # twice once results came back more slowly: the PE array's pipelined output).
+        m.d.comb += [req.valid.eq(Mux(s2.valid, ~s2.last | ns.tags.w_rdy,
+                                      ns.qk_valid & ((ns.qk_k != HD - 1) | ns.tags.w_rdy))),
                      req.payload.eq(Mux(s2.valid, av_payload, qk_payload))]
         beat_ok = Mux(s2.valid, ns.av_fire, ns.qk_fire)
         m.d.comb += [ns.tags.w_data.eq(pack_layout(m, _tag_layout(cfg), {

@@ -66,22 +66,22 @@ PROJECTIONS = ("qkv", "proj", "fc1", "fc2")
 
 def block_stages(config):
     """The block's stages, ``(name, stage)`` in order (:data:`BLOCK_STAGES`); each projection
-    sized for its layer's widest output (``3 max_d``, ``max_d``, ``mlp_ratio max_d``,
-    ``max_d``)."""
+    sized for its layer (outputs ``3 max_d``, ``max_d``, ``mlp_ratio max_d``, ``max_d``, inputs
+    ``max_d`` but fc2's ``mlp_ratio max_d``: its weights, delta references and ``y_ref``)."""
     d, mlp = config.max_d, config.mlp_ratio * config.max_d
     return [
         ("frame", Framer(config)),
         ("ln1", LayerNorm(config)),
-        ("qkv_in", ToTokens(config)), ("qkv", LinearEngine(config, max_out=3 * d)),
+        ("qkv_in", ToTokens(config)), ("qkv", LinearEngine(config, max_out=3 * d, max_in=d)),
         ("sta_keys", KeyReport(config)),
         ("predict", Predictor(config)), ("attention", AttentionEngine(config)),
         ("transpose", Transpose(config)),
-        ("proj_in", ToTokens(config)), ("proj", LinearEngine(config, max_out=d)),
+        ("proj_in", ToTokens(config)), ("proj", LinearEngine(config, max_out=d, max_in=d)),
         ("res1", ResidualAdd(config)),
         ("ln2", LayerNorm(config)),
-        ("fc1_in", ToTokens(config)), ("fc1", LinearEngine(config, max_out=mlp)),
+        ("fc1_in", ToTokens(config)), ("fc1", LinearEngine(config, max_out=mlp, max_in=d)),
         ("gelu", GELU(config)),
-        ("fc2_in", ToTokens(config)), ("fc2", LinearEngine(config, max_out=d)),
+        ("fc2_in", ToTokens(config)), ("fc2", LinearEngine(config, max_out=d, max_in=mlp)),
         ("res2", ResidualAdd(config)),
         ("sta_act", ActReport(config)),
     ]

@@ -54,6 +54,11 @@ class RTSAConfig:
     max_layers : int
         Transformer blocks whose weights and constants the stages hold on chip at once; a
         stage's ``layer`` setting selects the block a run uses (:data:`hw.engine.LAYER`).
+    requant_steps : int
+        Registered steps of the PE array's requantisers (:class:`hw.requantiser.Requantiser`):
+        4 computes the product as two registered partial products (each fits one 18 x 18
+        multiplier; the shorter path ECP5 timing wants), 3 computes it whole (about 350 fewer
+        logic cells where the multiplier is built in LUTs, the iCE40's case).
     """
     lanes: int = 8
     rows: int = 4
@@ -67,6 +72,7 @@ class RTSAConfig:
     weight_depth: int = 4096
     max_positions: int = 64
     max_layers: int = 1
+    requant_steps: int = 4
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self):
@@ -75,6 +81,8 @@ class RTSAConfig:
                 _positive(f.name, getattr(self, f.name))
         _positive("lanes", self.lanes, power_of_two=True)
         _positive("bitmap_word", self.bitmap_word, power_of_two=True)
+        if self.requant_steps not in (3, 4):
+            raise ValueError("requant_steps must be 3 or 4, not {!r}".format(self.requant_steps))
         if self.lanes % self.requant_lanes:
             raise ValueError("requant_lanes ({!r}) must divide lanes ({!r})"
                              .format(self.requant_lanes, self.lanes))
@@ -156,7 +164,7 @@ class RTSAConfig:
             "bitmap_word": self.bitmap_word, "max_d": self.max_d, "mlp_ratio": self.mlp_ratio,
             "max_tokens": self.max_tokens, "max_heads": self.max_heads,
             "weight_depth": self.weight_depth, "max_positions": self.max_positions,
-            "max_layers": self.max_layers,
+            "max_layers": self.max_layers, "requant_steps": self.requant_steps,
             "operand_bits": self.operand_format.bits, "acc_bits": self.acc_format.bits,
             "out_bits": self.out_format.bits, "macs_per_cycle": self.macs_per_cycle,
         }
@@ -166,17 +174,20 @@ PRESETS = {
     # iCE40UP5K (iCEBreaker): one row of 8 lanes on its 8 SB_MAC16, one shared requantiser.
     "tiny": RTSAConfig(lanes=8, rows=1, requant_lanes=1, decode_width=2, bitmap_word=16,
                        max_d=64, mlp_ratio=4, max_tokens=128, max_heads=2, weight_depth=256,
-                       name="tiny"),
+                       requant_steps=3, name="tiny"),
     # ECP5-85F (ULX3S): 16 x 8 = 128 lane multipliers plus 8 requantisers of 2 MULT18X18D
     # each = 144 of its 156 multipliers.
     "default": RTSAConfig(lanes=8, rows=16, requant_lanes=8, decode_width=4, bitmap_word=16,
                           max_d=192, mlp_ratio=4, max_tokens=512, max_heads=4,
                           weight_depth=4096, name="default"),
-    # Sized for the benchmark VidT (d = 64, MLP 256, 49 positions, 4 blocks): 8 x 8 = 64
-    # lanes, so every layer width (64, 192, 256) is a whole number of output chunks.
+    # Sized for the benchmark VidT (d = 64, MLP 256, 8 frames of 49 positions = 392 tokens,
+    # 2 heads, 4 blocks): 8 x 8 = 64 lanes, so every layer width (64, 192, 256) is a whole
+    # number of output chunks; the token buffers hold 392 tokens, the delta references 49
+    # positions (512 and 64 before: 10.55 against 8.61 Mbit for the whole model with its link,
+    # python -m hw.memories --design model_link).
     "vidt": RTSAConfig(lanes=8, rows=8, requant_lanes=8, decode_width=4, bitmap_word=16,
-                       max_d=64, mlp_ratio=4, max_tokens=512, max_heads=2, weight_depth=2048,
-                       max_positions=64, max_layers=4, name="vidt"),
+                       max_d=64, mlp_ratio=4, max_tokens=392, max_heads=2, weight_depth=2048,
+                       max_positions=49, max_layers=4, name="vidt"),
     # Cycle-model scale (ViT-B-like shapes); generated, simulated, not meant for a small FPGA.
     "large": RTSAConfig(lanes=16, rows=32, requant_lanes=16, decode_width=8, bitmap_word=32,
                         max_d=768, mlp_ratio=4, max_tokens=1568, max_heads=12,

@@ -58,7 +58,9 @@ hanging and without emitting a malformed stream:
 Positions must be below ``max_positions``.
 """
 
-from amaranth.hdl import Module, Mux, Signal, unsigned
+from types import SimpleNamespace
+
+from amaranth.hdl import C, Module, Mux, Signal, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -93,6 +95,12 @@ class DeltaEncoder(wiring.Component):
     config : :class:`hw.config.RTSAConfig`
         ``bitmap_word`` (elements per beat), ``decode_width`` (values per value beat),
         ``max_reduction`` (longest token), ``max_positions`` (reference slots).
+    max_in : int or None
+        The longest token this encoder takes (default ``max_reduction``): it sizes the
+        references, ``max_positions x max_in`` int8.
+    refs : bool
+        False for a dense-only encoder (the embedding's, the classifier's): no reference
+        memory, every token dense whatever ``delta_enable`` says.
 
     Attributes
     ----------
@@ -114,11 +122,17 @@ class DeltaEncoder(wiring.Component):
         Sticky: a token's beat count disagreed with ``words``.
     """
 
-    def __init__(self, config):
+    def __init__(self, config, *, max_in=None, refs=True):
         if not isinstance(config, RTSAConfig):
             raise TypeError("config must be an RTSAConfig, not {!r}".format(config))
+        max_in = config.max_reduction if max_in is None else max_in
+        if (not isinstance(max_in, int) or isinstance(max_in, bool)
+                or not 1 <= max_in <= config.max_reduction):
+            raise ValueError("max_in must be an integer in 1 .. {}, not {!r}"
+                             .format(config.max_reduction, max_in))
         self._config = config
-        self._max_words = contract.bitmap_words(config.max_reduction, config.bitmap_word)
+        self._refs = bool(refs)
+        self._max_words = contract.bitmap_words(max_in, config.bitmap_word)
         super().__init__({
             "i":           In(stream.Signature(token_layout(config))),
             "o_map":       Out(stream.Signature(bitmap_map_layout(config))),
@@ -144,10 +158,19 @@ class DeltaEncoder(wiring.Component):
         # Reference vectors, one word of e elements per (position, word index). The read of a
         # word may meet the write-back of the same word by the previous token at that position
         # (one-word tokens back to back): the read port is transparent for that.
-        m.submodules.refs = refs = Memory(shape=data.ArrayLayout(act, e),
-                                          depth=cfg.max_positions * W, init=[])
-        wr = refs.write_port()
-        rd = refs.read_port(transparent_for=(wr,))
+        word, depth = data.ArrayLayout(act, e), cfg.max_positions * W
+        if self._refs:
+            m.submodules.refs = refs = Memory(shape=word, depth=depth, init=[])
+            wr = refs.write_port()
+            rd = refs.read_port(transparent_for=(wr,))
+            delta_enable = self.delta_enable
+        else:
+            # Dense only: reads give 0, writes go nowhere, no token is a delta token.
+            rd = SimpleNamespace(addr=Signal(range(depth), name="refs_raddr"),
+                                 en=Signal(name="refs_ren"), data=Signal(word, name="refs_rdata"))
+            wr = SimpleNamespace(addr=Signal(range(depth), name="refs_waddr"),
+                                 en=Signal(name="refs_wen"), data=Signal(word, name="refs_wdata"))
+            delta_enable = C(0, 1)
         has_ref = Signal(cfg.max_positions)
 
         # --- Stage 0: take a beat, frame it, read its reference word. ---------------------
@@ -163,9 +186,9 @@ class DeltaEncoder(wiring.Component):
         dense_now = Signal()
         all_now = Signal()
         m.d.comb += [
-            dense_now.eq(Mux(first, ~self.delta_enable | ~has_ref.bit_select(pos, 1)
+            dense_now.eq(Mux(first, ~delta_enable | ~has_ref.bit_select(pos, 1)
                              | self.clear_refs, tok_dense)),
-            all_now.eq(Mux(first, ~self.delta_enable, tok_all)),
+            all_now.eq(Mux(first, ~delta_enable, tok_all)),
         ]
 
         s1_valid, s1_last, s1_first, s1_dense, s1_all = (Signal(name=f"s1_{n}") for n in

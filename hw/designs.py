@@ -23,6 +23,8 @@ DESIGNS = {
     "block": ("hw.block", "Block"),
     "model": ("hw.model", "Model"),
     "model_link": ("hw.link", "LinkedModel"),
+    "run_through_link": ("hw.link", "LinkedRunThrough"),
+    "pe_array_link": ("hw.link", "LinkedPEArray"),
 }
 
 

@@ -69,9 +69,15 @@ REGISTERS = EngineRegisters(
             ("reset_load", "restart the layer's weight and channel-constant load addresses")))
 
 
-def engine_limits(config):
-    """Largest shapes the engine accepts: ``(max d_in, max d_out, weight words per row)``."""
-    return config.max_reduction, config.max_reduction, config.weight_depth // config.rows
+def engine_limits(config, max_in=None, max_out=None):
+    """Largest shapes an engine accepts: ``(max d_in, max d_out, weight words per row of one
+    layer)``; ``max_in`` and ``max_out`` default to ``max_reduction``. The weight words are
+    what the widest shape needs (``ceil(max_out / (rows lanes)) x max_in``, see
+    :func:`weight_words`), at most ``weight_depth / rows``."""
+    max_in = config.max_reduction if max_in is None else max_in
+    max_out = config.max_reduction if max_out is None else max_out
+    chunks = -(-max_out // (config.rows * config.lanes))
+    return max_in, max_out, min(config.weight_depth // config.rows, chunks * max_in)
 
 
 def weight_words(config, weight):
@@ -171,9 +177,14 @@ class LinearEngine(Engine):
     max_out : int or None
         The widest output this engine runs (a multiple of ``lanes``, at most
         ``max_reduction``; default ``max_reduction``): it sizes the delta references ``y_ref``
-        (``max_positions x max_out / lanes`` accumulators) and the channel constants. The
-        whole model's projections pass their layer widths: at ``vidt`` the default, sized by
-        attention's 512 tokens, asked for 950 kbit of ``y_ref`` per engine.
+        (``max_positions x max_out / lanes`` accumulators), the channel constants and, with
+        ``max_in``, the weights. The whole model's projections pass their layer widths: at
+        ``vidt`` the default, sized by attention's 512 tokens, asked for 950 kbit of ``y_ref``
+        per engine.
+    max_in : int or None
+        The widest input (a multiple of ``bitmap_word``, at most ``max_reduction``, the
+        default): it sizes the delta encoder's references (``max_positions x max_in`` int8)
+        and the weights (:func:`engine_limits`).
     delta : bool
         False for an engine that only runs dense (the embedding, the classifier): no ``y_ref``
         memory; a START with ``delta_enable`` set is a ``config`` error.
@@ -205,18 +216,25 @@ class LinearEngine(Engine):
 
     registers = REGISTERS
 
-    def __init__(self, config, *, logits=False, max_out=None, delta=True):
+    def __init__(self, config, *, logits=False, max_out=None, max_in=None, delta=True):
         for what, n in (("rows", config.rows), ("decode_width", config.decode_width)):
             if n & (n - 1):
                 raise ValueError("LinearEngine needs a power-of-two {}, not {!r}".format(what, n))
-        widest = engine_limits(config)[1]
-        max_out = widest if max_out is None else max_out
-        if (not isinstance(max_out, int) or isinstance(max_out, bool) or max_out < config.lanes
-                or max_out > widest or max_out % config.lanes):
-            self._MustUse__silence = True
-            raise ValueError("max_out must be a multiple of lanes ({}) in {} .. {}, not {!r}"
-                             .format(config.lanes, config.lanes, widest, max_out))
-        self._max_out, self._delta = max_out, bool(delta)
+        widest = config.max_reduction
+        sizes = {}
+        for what, n, unit in (("max_out", max_out, config.lanes),
+                              ("max_in", max_in, config.bitmap_word)):
+            if n is None:           # max_reduction, whatever it is a multiple of
+                sizes[what] = widest
+                continue
+            if (not isinstance(n, int) or isinstance(n, bool) or n < unit or n > widest
+                    or n % unit):
+                self._MustUse__silence = True
+                raise ValueError("{} must be a multiple of {} in {} .. {}, not {!r}"
+                                 .format(what, unit, unit, widest, n))
+            sizes[what] = n
+        self._max_out, self._max_in = sizes["max_out"], sizes["max_in"]
+        self._delta = bool(delta)
         self._logits = bool(logits)
         super().__init__(config, {
             "i": In(stream.Signature(token_layout(config))),
@@ -229,7 +247,8 @@ class LinearEngine(Engine):
     def elaborate(self, platform):
         m = Module()
         ctl = self.control(m)
-        m.submodules.encoder = enc = DeltaEncoder(self._config)
+        m.submodules.encoder = enc = DeltaEncoder(self._config, max_in=self._max_in,
+                                                  refs=self._delta)
         m.submodules.decoder = dec = BitmapDecoder(self._config)
         ns = self._shape(m, ctl)
         ns.enc, ns.dec = enc, dec
@@ -254,8 +273,7 @@ class LinearEngine(Engine):
         """The shape settings, their derived sizes and the configuration check."""
         cfg = self._config
         R, V, E = cfg.rows, cfg.lanes, cfg.bitmap_word
-        max_d, _, w_depth = engine_limits(cfg)
-        max_out = self._max_out
+        max_d, max_out, w_depth = engine_limits(cfg, self._max_in, self._max_out)
         max_slices = max_out // V
         st = ctl.settings
         ns = SimpleNamespace(ctl=ctl, max_d=max_d, max_slices=max_slices, w_depth=w_depth)
@@ -435,7 +453,10 @@ class LinearEngine(Engine):
         active_rows = Signal(range(R + 1))
         rem = ns.slices - s2.chunk * R
         m.d.comb += active_rows.eq(Mux(rem >= R, R, rem))
-        m.d.comb += [req.valid.eq(s2.valid), req.payload.eq(pack_layout(
+        # A closing beat waits for room for its tag: offered without it, the array took the
+        # beat while S2 held it, and took it again (a duplicated accumulation once results
+        # came back more slowly than four closing beats: the PE array's pipelined output).
+        m.d.comb += [req.valid.eq(s2.valid & (~s2.last | ns.tags.w_rdy)), req.payload.eq(pack_layout(
             m, req.payload.shape(),
             {"route": Route.SHARED_SCALAR, "scalar": [s2.value], "clear": s2.first,
              "last": s2.last, "bypass": 1,

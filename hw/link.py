@@ -43,7 +43,7 @@ reads or writes, far below a byte time at any useful baud rate.
 import binascii
 import enum
 
-from amaranth.hdl import Module, Shape, Signal, Value
+from amaranth.hdl import Cat, Module, Shape, Signal, Value
 from amaranth.lib import crc, data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out, connect
@@ -54,7 +54,8 @@ from hw.uart import UARTRx, UARTTx
 __all__ = ["SYNC_HOST", "SYNC_CHIP", "VERSION", "Command", "Status", "crc16", "payload_bits",
            "info_bytes", "frame_layout",
            "response_layout", "LinkPorts", "FrameReceiver", "FrameSender", "CommandExecutor",
-           "HostLink", "LinkedModel", "SIM_DIVISOR", "SIM_TIMEOUT"]
+           "HostLink", "Linked", "LinkedModel", "LinkedRunThrough", "LinkedPEArray",
+           "SIM_DIVISOR", "SIM_TIMEOUT"]
 
 SYNC_HOST, SYNC_CHIP = 0xA5, 0x5A
 VERSION = 1
@@ -363,7 +364,7 @@ class CommandExecutor(wiring.Component):
         with m.Else():
             with m.Switch(f.cmd):
                 with m.Case(Command.WRITE):
-                    m.d.comb += bad.eq(n % 6 != 0)          # % by a constant: a small circuit
+                    m.d.comb += bad.eq(~_multiple_of_six(n))
                     s.then(m, "Fetch", 6, "W_do", when=~bad & (n != 0), otherwise="Respond")
                 with m.Case(Command.READ):
                     m.d.comb += bad.eq(n[0] | (n > self._max // 2))
@@ -576,7 +577,9 @@ class HostLink(wiring.Component):
     Parameters
     ----------
     top : wiring.Component
-        With ``csr`` (``In(RegisterSignature)``) and stream ports (:class:`LinkPorts`).
+        With stream ports (:class:`LinkPorts`) and usually ``csr``
+        (``In(RegisterSignature)``); without registers (the PE array alone) ``READ`` reads 0
+        and ``WRITE`` does nothing.
     divisor : int
         Clock cycles per bit (:mod:`hw.uart`).
     max_payload : int
@@ -605,7 +608,8 @@ class HostLink(wiring.Component):
         m.submodules.uart_tx = utx = UARTTx(self.divisor)
         m.submodules.receiver = rcv = FrameReceiver(max_payload=n, timeout=self.timeout)
         m.submodules.sender = snd = FrameSender(max_payload=n)
-        addr_bits = len(top.csr.addr)
+        has_csr = "csr" in top.signature.members
+        addr_bits = len(top.csr.addr) if has_csr else 1
         m.submodules.executor = ex = CommandExecutor(self.ports, addr_bits=addr_bits,
                                                      max_payload=n, timeout=self.timeout)
         m.submodules.rx_buf = rx_mem = Memory(shape=8, depth=n, init=[])
@@ -619,7 +623,8 @@ class HostLink(wiring.Component):
         connect(m, rcv.frame, ex.frame)
         connect(m, ex.response, snd.response)
         connect(m, snd.o, utx.i)
-        connect(m, ex.csr, top.csr)
+        if has_csr:
+            connect(m, ex.csr, top.csr)
         for k, (path, _, _) in enumerate(self.ports.inputs):
             port, mine = _port(top, path), getattr(ex, "in{}".format(k))
             m.d.comb += [port.valid.eq(mine.valid), mine.ready.eq(port.ready),
@@ -629,6 +634,20 @@ class HostLink(wiring.Component):
             m.d.comb += [mine.valid.eq(port.valid), port.ready.eq(mine.ready),
                          mine.payload.eq(Value.cast(port.payload))]
         return m
+
+
+def _multiple_of_six(n):
+    """``n % 6 == 0`` as a shallow circuit: Yosys builds ``n % 6`` as a divider, whose
+    113 ns of carry chains were the iCEBreaker link build's critical path (8.8 MHz). ``n`` is
+    even and ``n / 2`` a multiple of 3; as 4 = 1 (mod 3), ``n / 2`` is congruent to the sum of
+    its base-4 digits, at most 3 per digit."""
+    h = n[1:]
+    terms = [h[i:i + 2] for i in range(0, len(h), 2)]
+    while len(terms) > 1:
+        terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i]
+                 for i in range(0, len(terms), 2)]
+    top = 3 * -(-len(h) // 2)
+    return ~n[0] & Cat(*[terms[0] == k for k in range(0, top + 1, 3)]).any()
 
 
 def _port(top, path):
@@ -642,11 +661,31 @@ def _port(top, path):
 SIM_DIVISOR, SIM_TIMEOUT = 4, 2047
 
 
-class LinkedModel(HostLink):
-    """The whole model (:class:`hw.model.Model`) behind the link: the design a board holds
-    (``divisor`` and ``timeout`` for the board's clock; the defaults are the simulation's)."""
+class Linked(HostLink):
+    """The design called :attr:`design` (:data:`hw.designs.DESIGNS`) behind the link: what a
+    board holds (``divisor`` and ``timeout`` for the board's clock; the defaults are the
+    simulation's)."""
+
+    design = None
 
     def __init__(self, config, *, divisor=SIM_DIVISOR, max_payload=1024, timeout=SIM_TIMEOUT):
-        from hw.model import Model
-        super().__init__(Model(config), divisor=divisor, max_payload=max_payload,
-                         timeout=timeout)
+        from hw.designs import design_class
+        super().__init__(design_class(self.design)(config), divisor=divisor,
+                         max_payload=max_payload, timeout=timeout)
+
+
+class LinkedModel(Linked):
+    """The whole model (:class:`hw.model.Model`) behind the link."""
+    design = "model"
+
+
+class LinkedRunThrough(Linked):
+    """The run-through (:class:`hw.run_through.RunThrough`: the QKV projection and sparse
+    attention on one PE array) behind the link: the part of the model a ULX3S holds."""
+    design = "run_through"
+
+
+class LinkedPEArray(Linked):
+    """The PE array alone (:class:`hw.pe_array.PEArray`) behind the link: operand beats in,
+    result rows out; the part an iCEBreaker holds."""
+    design = "pe_array"

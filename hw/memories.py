@@ -17,12 +17,26 @@ import re
 import sys
 from collections import defaultdict
 
-__all__ = ["memory_inventory", "main"]
+__all__ = ["BLOCK_RAMS", "memory_inventory", "block_rams", "main"]
+
+#: Block RAM of an FPGA family: the (width, depth) shapes one block can take, its capacity on the
+#: boards' parts, and the memories a synthesis tool is expected to build in LUTs or flip-flops
+#: instead (Yosys' memory_libmap): at most ``distributed_bits``, or at most ``distributed_depth``
+#: words of any width (a FIFO of a few wide beats).
+BLOCK_RAMS = {
+    # DP16KD (18 kbit; 36 wide as PDPW16KD); the LFE5U-85F has 208.
+    "ecp5": {"cell": "DP16KD", "available": 208, "distributed_bits": 1024, "distributed_depth": 16,
+             "shapes": ((36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384))},
+    # SB_RAM40_4K (4 kbit); the iCE40UP5K has 30 (and four SPRAMs Yosys does not infer).
+    "ice40": {"cell": "SB_RAM40_4K", "available": 30, "distributed_bits": 256,
+              "distributed_depth": 0,
+              "shapes": ((16, 256), (8, 512), (4, 1024), (2, 2048))},
+}
 
 
 def memory_inventory(design, config):
     """``[(path, width, depth)]`` of every memory of ``design`` (a name of
-    :data:`hw.designs.DESIGNS`) for ``config``."""
+    :data:`hw.designs.DESIGNS`, built for ``config``, or a component)."""
     import warnings
     from amaranth.hdl import Fragment, Shape
     from amaranth.hdl._mem import MemoryInstance
@@ -30,7 +44,8 @@ def memory_inventory(design, config):
     from hw.designs import design_class
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        frag = Fragment.get(design_class(design)(config), None)
+        top = design_class(design)(config) if isinstance(design, str) else design
+        frag = Fragment.get(top, None)
     out = []
 
     def walk(fr, path):
@@ -46,29 +61,54 @@ def memory_inventory(design, config):
     return out
 
 
+def block_rams(inventory, family):
+    """Block RAMs ``inventory`` (``[(path, width, depth)]``) needs on ``family`` (a key of
+    :data:`BLOCK_RAMS`): ``[(path, blocks)]``, each memory in the block shape that takes
+    fewest blocks, 0 for the memories small enough to be built in logic. An estimate of what
+    synthesis does (it may pack two small memories into one block, or put a larger one in
+    LUTs), but a design this says does not fit does not fit."""
+    if family not in BLOCK_RAMS:
+        raise ValueError("family must be one of {}, not {!r}".format(sorted(BLOCK_RAMS), family))
+    spec = BLOCK_RAMS[family]
+    out = []
+    for path, width, depth in inventory:
+        if width * depth <= spec["distributed_bits"] or depth <= spec["distributed_depth"]:
+            out.append((path, 0))
+        else:
+            out.append((path, min(-(-width // w) * -(-depth // d) for w, d in spec["shapes"])))
+    return out
+
+
 def main(argv=None):
     from hw.config import preset
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--design", default="model")
     ap.add_argument("--preset", default="vidt")
+    ap.add_argument("--family", default="ecp5", choices=sorted(BLOCK_RAMS),
+                    help="FPGA family whose block RAMs are counted")
     ap.add_argument("--top", type=int, default=12, help="rows to list")
     args = ap.parse_args(argv)
     inv = memory_inventory(args.design, preset(args.preset))
-    rows = defaultdict(lambda: [0, 0, 0, 0])
+    blocks = dict(block_rams(inv, args.family))
+    rows = defaultdict(lambda: [0, 0, 0, 0, 0])
     for path, width, depth in inv:
         key = re.sub(r"_\d+\b", "_*", path)
         r = rows[key]
         r[0] += 1
         r[1], r[2] = width, depth
         r[3] += width * depth
+        r[4] += blocks[path]
     total = sum(r[3] for r in rows.values())
-    print("{} on preset {}: {} memories, {:.2f} Mbit".format(args.design, args.preset, len(inv),
-                                                             total / 1e6))
-    print("| memory | count | width | depth | kbit | share |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for key, (n, w, d, bits) in sorted(rows.items(), key=lambda kv: -kv[1][3])[:args.top]:
-        print("| `{}` | {} | {} | {} | {:.0f} | {:.1%} |".format(key, n, w, d, bits / 1e3,
-                                                                 bits / total))
+    spec = BLOCK_RAMS[args.family]
+    used = sum(blocks.values())
+    print("{} on preset {}: {} memories, {:.2f} Mbit; {} {} of {} ({:.0%})".format(
+        args.design, args.preset, len(inv), total / 1e6, used, spec["cell"], spec["available"],
+        used / spec["available"]))
+    print("| memory | count | width | depth | kbit | share | {} |".format(spec["cell"]))
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for key, (n, w, d, bits, b) in sorted(rows.items(), key=lambda kv: -kv[1][3])[:args.top]:
+        print("| `{}` | {} | {} | {} | {:.0f} | {:.1%} | {} |".format(key, n, w, d, bits / 1e3,
+                                                                      bits / total, b))
     return 0
 
 

@@ -67,10 +67,11 @@ class Model(Pipeline):
     config : :class:`hw.config.RTSAConfig`
         ``max_layers`` blocks' constants on chip; ``max_d`` must hold the tubelet width.
     attention_skip, mlp_skip : int
-        As for :class:`hw.block.Block`.
+        As for :class:`hw.block.Block`; a pass holds one clip, so the attention residual's
+        skip FIFO holds one sequence (``max_tokens`` tokens: 0.40 of 1.06 Mbit at ``vidt``).
     """
 
-    def __init__(self, config, *, attention_skip=2, mlp_skip=8):
+    def __init__(self, config, *, attention_skip=1, mlp_skip=8):
         # The embedding, the final LayerNorm and the head hold one layer of constants.
         one = config.replace(max_layers=1)
         # The embedding and the classifier run dense: no delta references.
@@ -80,7 +81,7 @@ class Model(Pipeline):
         head = [("route", Route(config)), ("head_select", Select(config)),
                 ("norm", LayerNorm(one)), ("pool", MeanPool(config)),
                 ("head_in", ToTokens(config)),
-                ("head", LinearEngine(one, logits=True, delta=False))]
+                ("head", LinearEngine(one, logits=True, max_in=config.max_d, delta=False))]
         super().__init__(config, front + block_stages(config) + head,
                          skips=block_skips(config, attention_skip, mlp_skip),
                          links=BLOCK_LINKS + MODEL_LINKS,

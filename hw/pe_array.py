@@ -16,8 +16,9 @@ accumulators move to an output bank (so the next accumulation starts at once) an
 as raw accumulator values. A lane whose accumulator leaves its format sets the row's
 ``overflow`` bit on output (the value wraps, as the contract says).
 
-Pipeline: operand routing register, product register, accumulator; output bank, requantiser
-product register, output register. Back-pressure on ``o`` stalls the input only when a second
+Pipeline: operand routing register, product register, accumulator; output bank, the
+requantisers (:class:`hw.requantiser.Requantiser`, four steps), the row assembly register,
+output register. Back-pressure on ``o`` stalls the input only when a second
 accumulation finishes before the bank has drained.
 """
 
@@ -27,6 +28,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden import contract
 from hw import arith
+from hw.requantiser import Requantiser
 
 __all__ = ["Route", "pe_input_layout", "pe_output_layout", "PEArray", "PEClientSignature"]
 
@@ -124,8 +126,12 @@ class PEArray(wiring.Component):
         bank_shift = Signal.like(a.shift)
 
         # The pipeline moves as one; it waits only when a finished accumulation finds the
-        # bank still draining.
-        advance = ~(b_valid & b_last & bank_busy)
+        # bank still draining. The wait is a register (its next value is computed from the
+        # next values of what it depends on) because it enables every operand, product and
+        # accumulator register of the array: thousands of loads behind one flip-flop, not
+        # behind a LUT of the bank's state.
+        stall = Signal()
+        advance = ~stall
         m.d.comb += self.i.ready.eq(advance)
 
         with m.If(advance):
@@ -163,54 +169,66 @@ class PEArray(wiring.Component):
                     m.d.sync += [bank_busy.eq(1), bank_bypass.eq(b_bypass),
                                  bank_mult.eq(b_mult), bank_shift.eq(b_shift)]
 
-        # --- Output path: bank -> requantiser products (r1) -> output register. -----------
-        out_adv = ~self.o.valid | self.o.ready
+        # --- Output path: bank -> requantisers -> row assembly -> o. ----------------------
+        # The row is assembled in `stage`, which also holds a finished row while o is taken;
+        # the output path moves while `stage` is not holding one (a register): o.ready
+        # reaches only o and `stage`, not the bank and the requantisers behind them.
+        stage = Signal(self.o.payload.shape())
+        stage_full = Signal()
+        out_adv = ~stage_full
         grp = Signal(range(groups))
         row = Signal(range(R))
-        r1_valid, r1_bypass, r1_ovf, r1_row_done, r1_last = (Signal() for _ in range(5))
-        r1_row = Signal.like(row)
-        r1_shift = Signal.like(a.shift)
-        r1_raw = [Signal(acc_shape, name=f"r1_raw_{q}") for q in range(RQ)]
-        r1_prod = [Signal(arith.shape_of(contract.product_format(acc_fmt, contract.REQ_MULT)),
-                          name=f"r1_prod_{q}") for q in range(RQ)]
-        asm = [Signal(acc_shape, name=f"asm_{l}") for l in range(V)]   # row being assembled
-        asm_ovf = Signal()
-
-        with m.If(out_adv):
-            m.d.sync += r1_valid.eq(bank_busy)
-        with m.If(out_adv & bank_busy):
-            row_done = grp == groups - 1
-            final = row_done & (row == R - 1)
-            for q in range(RQ):
-                m.d.sync += [r1_raw[q].eq(bank[q]), r1_prod[q].eq(bank[q] * bank_mult)]
-            m.d.sync += [r1_ovf.eq(Cat(*bank_ovf[:RQ]).any()), r1_bypass.eq(bank_bypass),
-                         r1_shift.eq(bank_shift), r1_row.eq(row), r1_row_done.eq(row_done),
-                         r1_last.eq(final)]
+        tag = data.StructLayout({"row": unsigned(len(row)), "row_done": 1, "last": 1,
+                                 "overflow": 1})
+        m.submodules.requantiser = rq = Requantiser(cfg, tag)
+        draining = bank_busy
+        drain_done = (grp == groups - 1) & (row == R - 1)
+        m.d.comb += [rq.en.eq(out_adv), rq.i.valid.eq(draining),
+                     rq.i.mult.eq(bank_mult), rq.i.shift.eq(bank_shift),
+                     rq.i.bypass.eq(bank_bypass),
+                     rq.i.tag.row.eq(row), rq.i.tag.row_done.eq(grp == groups - 1),
+                     rq.i.tag.last.eq(drain_done),
+                     rq.i.tag.overflow.eq(Cat(*bank_ovf[:RQ]).any())]
+        m.d.comb += [rq.i.acc[q].eq(bank[q]) for q in range(RQ)]
+        with m.If(out_adv & draining):
             # Shift the bank so that the next lanes to leave are always at its head.
             for j in range(R * V - RQ):
                 m.d.sync += [bank[j].eq(bank[j + RQ]), bank_ovf[j].eq(bank_ovf[j + RQ])]
-            m.d.sync += grp.eq(Mux(row_done, 0, grp + 1))
-            with m.If(row_done):
+            m.d.sync += grp.eq(Mux(grp == groups - 1, 0, grp + 1))
+            with m.If(grp == groups - 1):
                 m.d.sync += row.eq(Mux(row == R - 1, 0, row + 1))
-            with m.If(final):
+            with m.If(drain_done):
                 m.d.sync += bank_busy.eq(0)
+        # The stall's next value: b will hold a closing beat while the bank stays busy.
+        b_valid_n = Mux(advance, a_valid, b_valid)
+        b_last_n = Mux(advance & a_valid, a.last, b_last)
+        busy_n = ((bank_busy & ~(out_adv & drain_done)) | (advance & b_valid & b_last))
+        m.d.sync += stall.eq(b_valid_n & b_last_n & busy_n)
 
-        with m.If(self.o.valid & self.o.ready):
-            m.d.sync += self.o.valid.eq(0)
-        with m.If(out_adv & r1_valid):
-            results = [Mux(r1_bypass, r1_raw[q],
-                           arith.requantize_product(r1_prod[q], r1_shift, cfg.out_format))
-                       for q in range(RQ)]
-            # Lanes enter the assembly register at the top and move down by one group a step.
-            assembled = asm[RQ:] + results
-            row_ovf = asm_ovf | r1_ovf
-            m.d.sync += [asm[l].eq(assembled[l]) for l in range(V)]
-            m.d.sync += asm_ovf.eq(Mux(r1_row_done, 0, row_ovf))
-            with m.If(r1_row_done):
-                m.d.sync += [self.o.valid.eq(1), self.o.payload.row.eq(r1_row),
-                             self.o.payload.last.eq(r1_last),
-                             self.o.payload.overflow.eq(row_ovf)]
-                m.d.sync += [self.o.payload.data[l].eq(assembled[l]) for l in range(V)]
+        # Lanes enter the assembly register at the top and move down by one group a step.
+        asm_ovf = Signal()
+        res = rq.o
+        assembled = [stage.data[l] for l in range(RQ, V)] + [res.data[q] for q in range(RQ)]
+        row_ovf = asm_ovf | res.tag.overflow
+        beat = Signal(self.o.payload.shape())
+        m.d.comb += [beat.row.eq(res.tag.row), beat.last.eq(res.tag.last),
+                     beat.overflow.eq(row_ovf)]
+        m.d.comb += [beat.data[l].eq(assembled[l]) for l in range(V)]
+        o = self.o
+        o_free = ~o.valid | o.ready
+        with m.If(o.valid & o.ready):
+            m.d.sync += o.valid.eq(0)
+        with m.If(stage_full & o_free):
+            m.d.sync += [o.valid.eq(1), o.payload.eq(stage), stage_full.eq(0)]
+        with m.If(out_adv & res.valid):
+            m.d.sync += [stage.data[l].eq(assembled[l]) for l in range(V)]
+            m.d.sync += asm_ovf.eq(Mux(res.tag.row_done, 0, row_ovf))
+            with m.If(res.tag.row_done):
+                with m.If(o_free):
+                    m.d.sync += [o.valid.eq(1), o.payload.eq(beat)]
+                with m.Else():
+                    m.d.sync += [stage.row.eq(beat.row), stage.last.eq(beat.last),
+                                 stage.overflow.eq(beat.overflow), stage_full.eq(1)]
         return m
 
 

@@ -327,7 +327,8 @@ class Predictor(Engine):
                 m.d.sync += [qp_cur[r].eq(ns.qp_next[r]) for r in range(R)]
                 m.d.sync += ns.h_busy.bit_select(ns.nx.half, 1).eq(1)
         payload = req.payload
-        m.d.comb += [req.valid.eq(busy), payload.route.eq(Route.SHARED_VECTOR),
+        m.d.comb += [req.valid.eq(busy & (~beat_last | tags.w_rdy)),
+                     payload.route.eq(Route.SHARED_VECTOR),
                      payload.clear.eq(k == 0), payload.last.eq(beat_last), payload.bypass.eq(1)]
         m.d.comb += [payload.scalar[r].eq(qp_cur[r][0]) for r in range(R)]
         m.d.comb += [payload.vector[0][l].eq(k_cur[l][0]) for l in range(V)]

@@ -42,7 +42,10 @@ class RunThrough(Pipeline):
     """
 
     def __init__(self, config):
-        super().__init__(config, [("qkv", LinearEngine(config)),
+        # The QKV projection of a block: max_d in, 3 max_d out (its weights, references and
+        # y_ref sized so, as in hw.block).
+        d = config.max_d
+        super().__init__(config, [("qkv", LinearEngine(config, max_out=3 * d, max_in=d)),
                                   ("attention", AttentionEngine(config))])
 
 

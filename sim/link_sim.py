@@ -1,5 +1,5 @@
-"""The host library against the simulated chip: the generated Verilog of
-:class:`hw.link.LinkedModel` under Verilator, its UART pins bridged to a pseudo-terminal
+"""The host library against the simulated chip: the generated Verilog of a linked design
+(:class:`hw.link.Linked`: the whole model by default) under Verilator, its UART pins bridged to a pseudo-terminal
 (:mod:`sim.tb_link`), and :class:`boards.link.Link` talking to that terminal through pyserial.
 
 :func:`simulated_link` is a context manager: it starts the simulation in a thread, waits for
@@ -17,13 +17,15 @@ __all__ = ["simulated_link"]
 
 
 @contextlib.contextmanager
-def simulated_link(config, *, simulator="verilator", optimised=False, timeout=120.0,
-                   start_timeout=900.0):
-    """Yield a :class:`boards.link.Link` to ``LinkedModel(config)`` running under
-    ``simulator``; ``timeout`` is pyserial's read timeout (seconds of wall time per
-    response), ``start_timeout`` bounds the build and start."""
+def simulated_link(config, *, design="model_link", simulator="verilator", optimised=False,
+                   timeout=120.0, start_timeout=900.0):
+    """Yield a :class:`boards.link.Link` to ``design`` (a linked design of
+    :data:`hw.designs.DESIGNS`) for ``config`` running under ``simulator``; ``timeout`` is
+    pyserial's read timeout (seconds of wall time per response), ``start_timeout`` bounds the
+    build and start."""
     from boards.link import Link
-    from hw.link import SIM_DIVISOR, LinkedModel
+    from hw.designs import design_class
+    from hw.link import SIM_DIVISOR
     from sim.runner import run_cocotb
     tmp = tempfile.mkdtemp(prefix="rtsa_link_")
     path_file = os.path.join(tmp, "pty")
@@ -31,7 +33,7 @@ def simulated_link(config, *, simulator="verilator", optimised=False, timeout=12
 
     def simulate():
         try:
-            run_cocotb("model_link", config, simulator, "sim.tb_link", optimised=optimised,
+            run_cocotb(design, config, simulator, "sim.tb_link", optimised=optimised,
                        env={"RTSA_PTY_FILE": path_file, "RTSA_DIVISOR": str(SIM_DIVISOR)})
         except BaseException as e:          # re-raised in the caller's thread
             failure.append(e)
@@ -53,7 +55,7 @@ def simulated_link(config, *, simulator="verilator", optimised=False, timeout=12
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        top = LinkedModel(config).top
+        top = design_class(design)(config).top
     link = Link.open(port, top, timeout=timeout)
     try:
         yield link

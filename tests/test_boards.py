@@ -159,6 +159,20 @@ def test_build_cli_rejects_bad_arguments(capsys):
         board_build.main(["--board", "nexys"])
     with pytest.raises(ValueError, match="board"):
         board_build.build(board="nexys")
+    with pytest.raises(ValueError, match="design must be selftest or a linked design"):
+        board_build.build(board="icebreaker", design="pe_array")
+
+
+def test_a_design_too_large_for_the_part_fails_before_any_tool(monkeypatch):
+    """The whole model needs about three times the LFE5U-85F's block RAM: the build says so,
+    with the largest memories, in seconds and without running Yosys."""
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(board_build, "_run_script", lambda *a: pytest.fail("toolchain ran"))
+    with pytest.raises(board_build.BuildError, match=r"model_link at preset vidt needs \d+ "
+                                                      r"block RAMs, the LFE5U-85F has 208"):
+        board_build.build(board="ulx3s", design="model_link", out="build/pytest-fit")
+    needed, available, rams = board_build.fit("run_through_link", preset("vidt"), "ecp5")
+    assert needed <= available == 208 and rams[0][1] >= rams[-1][1]
 
 
 @pytest.mark.slow
@@ -169,6 +183,10 @@ def test_icebreaker_build_end_to_end(monkeypatch):
     assert board_build.main(["--board", "icebreaker", "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["board"] == "icebreaker" and report["preset"] == "tiny"
+    # The PE array behind the link at 3 Mbaud: 12 MHz / 3 Mbaud = 4 cycles a bit.
+    assert report["design"] == "pe_array_link"
+    assert report["link"] == {"baud": 3_000_000, "divisor": 4, "inputs": 1, "outputs": 1}
+    assert 0 < report["utilization_percent"]["luts"] <= 100
     assert report["dsps"] == 8
     assert 0 < report["luts"] <= report["luts_available"] == 5280
     assert report["ffs"] > 0 and report["brams"] >= 0

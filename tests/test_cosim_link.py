@@ -21,3 +21,17 @@ def test_a_clip_through_pyserial_and_the_simulated_uart():
     with simulated_link(CFG, optimised=True) as link:
         logits, _ = run_clip(link, job, clock_hz=1e5, deadline=300.0)
     assert logits == job.logits.tolist()
+
+
+@pytest.mark.cosim
+def test_the_ulx3s_design_runs_a_run_through_job_over_pyserial():
+    """What the ULX3S bitstream holds (hw.link.LinkedRunThrough: the QKV projection and
+    sparse attention on one PE array), driven by the same plan as every other backend over
+    pyserial and the simulated UART: weights, constants, tokens and masks in, attention
+    outputs and counters out, all checked bit-exactly."""
+    from boards.link import run_plans
+    from tests.test_run_through import SEED as RT_SEED, _job
+    from tests.test_attention_engine import SMALL
+    job = _job(RT_SEED + 5, 1, 0.5)
+    with simulated_link(SMALL, design="run_through_link", optimised=True) as link:
+        run_plans(link, [job.plan(timeout=200_000)], clock_hz=1e5, deadline=300.0)

@@ -275,5 +275,47 @@ def test_a_sized_dense_only_engine_refuses_delta_and_wider_layers_then_runs_dens
 @pytest.mark.parametrize("max_out", [0, 6, 4096, True, 8.0])
 def test_max_out_is_checked(max_out):
     from hw.linear_engine import LinearEngine
-    with pytest.raises(ValueError, match="max_out must be a multiple of lanes"):
+    with pytest.raises(ValueError, match="max_out must be a multiple of 4 in 4 .. "):
         LinearEngine(CONFIGS["r2v4k2"], max_out=max_out)
+
+
+@pytest.mark.parametrize("max_in", [0, 4, 4096, False])
+def test_max_in_is_checked(max_in):
+    from hw.linear_engine import LinearEngine
+    cfg = CONFIGS["r2v4k2"]
+    with pytest.raises(ValueError, match="max_in must be a multiple of {} in ".format(
+            cfg.bitmap_word)):
+        LinearEngine(cfg, max_in=max_in)
+
+
+def test_sized_engine_memories_and_limits():
+    """max_in and max_out size the weights (chunks x max_in words a row), the encoder's
+    references (positions x max_in) and y_ref; a dense-only engine has no references at all;
+    a START wider than max_in is refused."""
+    from hw.linear_engine import LinearEngine
+    from hw.memories import memory_inventory
+    from hw.pipeline import Pipeline
+    from sim.driver import run_amaranth_plans
+    cfg = CONFIGS["r2v4k2"]
+    e, R, V = cfg.bitmap_word, cfg.rows, cfg.lanes
+    d_in, d_out = 2 * e, 3 * R * V
+    top = Pipeline(cfg, [("linear", LinearEngine(cfg, max_in=d_in, max_out=d_out))])
+    inv = {p: (w, d) for p, w, d in memory_inventory(top, cfg)}
+    assert inv["linear.weights_0"][1] == 3 * d_in, inv           # 3 chunks of d_in words
+    assert inv["linear.encoder.refs"] == (8 * e, cfg.max_positions * 2), inv
+    assert inv["linear.y_ref"][1] == cfg.max_positions * d_out // V, inv
+    dense = Pipeline(cfg, [("linear", LinearEngine(cfg, max_in=d_in, delta=False))])
+    names = [p for p, _, _ in memory_inventory(dense, cfg)]
+    assert not [p for p in names if "refs" in p or "y_ref" in p], names
+    rng = random.Random(SEED)
+    x, frame, spatial = random_tokens(rng, n_t=2, n_s=2, d_in=d_in + e)
+    wide = job_from_layer(cfg, random_layer(rng, V, d_in + e), x, frame, spatial, 2, tau=1,
+                          delta_enable=False)
+    plan = Plan(name="wide", setup=wide.setup("linear") + [
+        ("start", "linear", False), ("status", "linear", "wide"), ("ready", "i", "wide_i"),
+        ("pulse", "linear", ("clear_error",))])
+    top = Pipeline(cfg, [("linear", LinearEngine(cfg, max_in=d_in, max_out=d_out))])
+    seen = run_amaranth_plans(top, [plan], seed=SEED, check=[False])[0]["seen"]
+    st = REGISTERS.status(seen["wide"])
+    assert st.errors.config and not st.running, REGISTERS.describe(seen["wide"])
+    assert not seen["wide_i"], "a refused run must not take tokens"
