@@ -369,7 +369,7 @@ def build(*, board, design=None, preset=None, out=None):
     t0 = time.monotonic()
     platform = _platform(spec)
     if design == "selftest":
-        top, extra = SelfTest(config, leds=spec.leds), {}
+        top = SelfTest(config, leds=spec.leds)
         _log("self-test vectors: {} input beats, {} expected rows (seed {})"
              .format(len(top.beats), len(top.expected), top.seed))
         extra = {"vectors": {"beats": len(top.beats), "rows": len(top.expected),

@@ -22,6 +22,7 @@ from amaranth.lib import fifo, io, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import Out
 
+from boards.top import heartbeat
 from golden.blocks import pe_array_reference
 from golden.contract import PERoute
 from hw.config import RTSAConfig
@@ -246,12 +247,7 @@ class SelfTest(wiring.Component):
         beat_rd = beat_rom.read_port()
         expect_rd = expect_rom.read_port()
 
-        # --- Heartbeat. --------------------------------------------------------------------
-        beat_timer = Signal(range(half))
-        with m.If(beat_timer == half - 1):
-            m.d.sync += [beat_timer.eq(0), self.heartbeat.eq(~self.heartbeat)]
-        with m.Else():
-            m.d.sync += beat_timer.eq(beat_timer + 1)
+        heartbeat(m, half, self.heartbeat)
 
         # --- Sequencer. --------------------------------------------------------------------
         in_addr = Signal(range(n_in + 1))

@@ -12,11 +12,20 @@ number of cycles (within 1 %): the host opens the port at the same rate
 from amaranth.hdl import Elaboratable, Module, Signal
 from amaranth.lib import io
 
-__all__ = ["link_divisor", "BoardLink"]
+__all__ = ["heartbeat", "link_divisor", "BoardLink"]
 
 #: Silence on the line that ends a frame (``TRUNCATED``) and the longest a stream may stall a
 #: command (``STALLED``), in seconds; a host writes a frame's bytes back to back.
 FRAME_TIMEOUT_S = 0.01
+
+
+def heartbeat(m, half, beat):
+    """Toggle ``beat`` every ``half`` cycles (``m``'s sync domain): a board's sign of life."""
+    timer = Signal(range(half))
+    with m.If(timer == half - 1):
+        m.d.sync += [timer.eq(0), beat.eq(~beat)]
+    with m.Else():
+        m.d.sync += timer.eq(timer + 1)
 
 
 def link_divisor(clock_hz, baud):
@@ -59,12 +68,8 @@ class BoardLink(Elaboratable):
         m.submodules.tx_buf = tx = io.Buffer("o", uart.tx)
         m.d.comb += [link.rx.eq(rx.i), tx.o.eq(link.tx)]
         if self._led is not None:
-            half = max(1, int(self.clock_hz) // 2)
-            timer, beat = Signal(range(half)), Signal()
-            with m.If(timer == half - 1):
-                m.d.sync += [timer.eq(0), beat.eq(~beat)]
-            with m.Else():
-                m.d.sync += timer.eq(timer + 1)
+            beat = Signal()
+            heartbeat(m, max(1, int(self.clock_hz) // 2), beat)
             name, number = self._led
             m.submodules.led = led = io.Buffer("o", platform.request(name, number, dir="-"))
             m.d.comb += led.o.eq(beat)

@@ -14,7 +14,7 @@ from golden.contract import bits_for, log2_exact
 
 __all__ = ["shape_of", "saturate", "round_shift", "round_shift_head", "round_shift_tail",
            "requantize", "requantize_product", "fits",
-           "bits_for", "log2_exact", "popcount", "div_half_up"]
+           "bits_for", "log2_exact", "sum_tree", "popcount", "div_half_up"]
 
 
 def shape_of(fmt):
@@ -69,14 +69,19 @@ def requantize(acc, mult, shift, out=contract.ACT):
     return requantize_product(acc * mult, shift, out)
 
 
-def popcount(value):
-    """Set bits of ``value``, as a balanced adder tree (a chain of hundreds of adders is slow
-    to build and to simulate)."""
-    terms = [value[i] for i in range(len(value))]
+def sum_tree(terms):
+    """The sum of ``terms`` (values), as a balanced adder tree (a chain of hundreds of adders
+    is slow to build and to simulate, and a slow path)."""
+    terms = list(terms)
     while len(terms) > 1:
         terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i]
                  for i in range(0, len(terms), 2)]
     return terms[0]
+
+
+def popcount(value):
+    """Set bits of ``value`` (:func:`sum_tree` of its bits)."""
+    return sum_tree(value[i] for i in range(len(value)))
 
 
 def div_half_up(num, den):

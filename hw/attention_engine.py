@@ -436,7 +436,8 @@ class AttentionEngine(Engine):
         ns.s1 = Signal(_av_beat_layout(cfg))
         ns.s2 = Signal(_av_beat_layout(cfg))
         ns.adv = Signal()
-        m.d.comb += ns.adv.eq(~ns.s2.valid | (req.ready & (~ns.s2.last | tags.w_rdy)))
+        # With a beat in S2, req.valid is its own (a closing one waits for room for its tag).
+        m.d.comb += ns.adv.eq(~ns.s2.valid | (req.valid & req.ready))
         ns.qk_valid = Signal()
         qk_beat_last = qk_k == HD - 1
         ns.qk_fire = Signal()

@@ -58,8 +58,6 @@ hanging and without emitting a malformed stream:
 Positions must be below ``max_positions``.
 """
 
-from types import SimpleNamespace
-
 from amaranth.hdl import C, Module, Mux, Signal, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.memory import Memory
@@ -69,6 +67,7 @@ from golden import contract
 from hw import arith, bitpick
 from hw.bitmap_decoder import bitmap_map_layout, bitmap_value_layout
 from hw.config import RTSAConfig
+from hw.memories import absent_ports
 
 __all__ = ["token_layout", "token_info_layout", "DeltaEncoder"]
 
@@ -165,11 +164,8 @@ class DeltaEncoder(wiring.Component):
             rd = refs.read_port(transparent_for=(wr,))
             delta_enable = self.delta_enable
         else:
-            # Dense only: reads give 0, writes go nowhere, no token is a delta token.
-            rd = SimpleNamespace(addr=Signal(range(depth), name="refs_raddr"),
-                                 en=Signal(name="refs_ren"), data=Signal(word, name="refs_rdata"))
-            wr = SimpleNamespace(addr=Signal(range(depth), name="refs_waddr"),
-                                 en=Signal(name="refs_wen"), data=Signal(word, name="refs_wdata"))
+            # Dense only: no token is a delta token.
+            rd, wr = absent_ports(word, depth, "refs")
             delta_enable = C(0, 1)
         has_ref = Signal(cfg.max_positions)
 

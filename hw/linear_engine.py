@@ -34,6 +34,7 @@ from hw.arith import bits_for, log2_exact
 from hw.bitmap_decoder import BitmapDecoder
 from hw.delta_encoder import DeltaEncoder, token_layout
 from hw.engine import LAYER, Engine, EngineRegisters, Setting, layer_part
+from hw.memories import absent_ports
 from hw.packing import pack_layout
 from hw.pe_array import PEClientSignature, Route
 
@@ -412,7 +413,9 @@ class LinearEngine(Engine):
         chunk = Signal.like(ns.chunks)
         p = Signal(range(ns.max_d + 1))
         adv = Signal()
-        m.d.comb += adv.eq((~s2.valid | req.ready) & ~(s2.valid & s2.last & ~tags.w_rdy))
+        # S2 moves when empty or when the array takes its beat (req.valid below holds a closing
+        # beat until its tag has room).
+        m.d.comb += adv.eq(~s2.valid | (req.valid & req.ready))
 
         cur = Signal.like(ns.slots[0])
         m.d.comb += cur.eq(Mux(r_slot, ns.slots[1], ns.slots[0]))
@@ -456,7 +459,8 @@ class LinearEngine(Engine):
         # A closing beat waits for room for its tag: offered without it, the array took the
         # beat while S2 held it, and took it again (a duplicated accumulation once results
         # came back more slowly than four closing beats: the PE array's pipelined output).
-        m.d.comb += [req.valid.eq(s2.valid & (~s2.last | ns.tags.w_rdy)), req.payload.eq(pack_layout(
+        m.d.comb += [req.valid.eq(s2.valid & (~s2.last | ns.tags.w_rdy)),
+                     req.payload.eq(pack_layout(
             m, req.payload.shape(),
             {"route": Route.SHARED_SCALAR, "scalar": [s2.value], "clear": s2.first,
              "last": s2.last, "bypass": 1,
@@ -480,12 +484,7 @@ class LinearEngine(Engine):
         if self._delta:
             m.submodules.y_ref = y_mem = Memory(shape=layout, depth=depth, init=[])
             return y_mem.read_port(transparent_for=()), y_mem.write_port()
-        addr = range(depth)
-        rp = SimpleNamespace(addr=Signal(addr, name="y_ref_raddr"), en=Signal(name="y_ref_ren"),
-                             data=Signal(layout, name="y_ref_rdata"))
-        wp = SimpleNamespace(addr=Signal(addr, name="y_ref_waddr"), en=Signal(name="y_ref_wen"),
-                             data=Signal(layout, name="y_ref_wdata"))
-        return rp, wp
+        return absent_ports(layout, depth, "y_ref")
 
     def _output_stage(self, m, ns):
         """O0 accept a result row, read y_ref and the channel constants -> O1 y = y_ref (or

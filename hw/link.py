@@ -48,6 +48,7 @@ from amaranth.lib import crc, data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out, connect
 
+from hw.arith import sum_tree
 from hw.engine import RegisterSignature
 from hw.uart import UARTRx, UARTTx
 
@@ -642,12 +643,9 @@ def _multiple_of_six(n):
     even and ``n / 2`` a multiple of 3; as 4 = 1 (mod 3), ``n / 2`` is congruent to the sum of
     its base-4 digits, at most 3 per digit."""
     h = n[1:]
-    terms = [h[i:i + 2] for i in range(0, len(h), 2)]
-    while len(terms) > 1:
-        terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i]
-                 for i in range(0, len(terms), 2)]
+    total = sum_tree(h[i:i + 2] for i in range(0, len(h), 2))
     top = 3 * -(-len(h) // 2)
-    return ~n[0] & Cat(*[terms[0] == k for k in range(0, top + 1, 3)]).any()
+    return ~n[0] & Cat(*[total == k for k in range(0, top + 1, 3)]).any()
 
 
 def _port(top, path):

@@ -17,7 +17,7 @@ import re
 import sys
 from collections import defaultdict
 
-__all__ = ["BLOCK_RAMS", "memory_inventory", "block_rams", "main"]
+__all__ = ["BLOCK_RAMS", "absent_ports", "memory_inventory", "block_rams", "main"]
 
 #: Block RAM of an FPGA family: the (width, depth) shapes one block can take, its capacity on the
 #: boards' parts, and the memories a synthesis tool is expected to build in LUTs or flip-flops
@@ -32,6 +32,18 @@ BLOCK_RAMS = {
               "distributed_depth": 0,
               "shapes": ((16, 256), (8, 512), (4, 1024), (2, 2048))},
 }
+
+
+def absent_ports(shape, depth, name):
+    """Stand-ins for the read and write ports of a memory a component leaves out (a dense-only
+    engine's delta references): ``(read, write)``, each with ``addr``, ``en`` and ``data``
+    signals; reads give 0, writes go nowhere."""
+    from types import SimpleNamespace
+    from amaranth.hdl import Signal
+    return tuple(SimpleNamespace(addr=Signal(range(depth), name=f"{name}_{k}addr"),
+                                 en=Signal(name=f"{name}_{k}en"),
+                                 data=Signal(shape, name=f"{name}_{k}data"))
+                 for k in ("r", "w"))
 
 
 def memory_inventory(design, config):

@@ -309,7 +309,7 @@ class Predictor(Engine):
         k = Signal(range(HD))
         beat_last = k == HD - 1
         fire = Signal()
-        m.d.comb += fire.eq(busy & req.ready & (~beat_last | tags.w_rdy))
+        m.d.comb += fire.eq(req.valid & req.ready)     # req.valid: busy, room for a tag
         end = fire & beat_last
         half_ok = ~ns.nx.first | ~ns.h_busy.bit_select(ns.nx.half, 1)
         take = ns.nx_valid & half_ok & (~busy | end)
