@@ -40,7 +40,8 @@ __all__ = [
     "ROUNDING", "ceil_log2", "bits_for", "log2_exact", "PERoute", "product_format",
     "accumulator_format", "linear_reduction_terms", "round_shift", "requantize",
     "quantize_multiplier", "pack_bitmap", "unpack_bitmap", "pack_values", "bitmap_words",
-    "RESID", "EXP2_FRAC_BITS", "EXP2_LUT", "EXP2_ONE", "SOFTMAX_RECIP_BITS", "PROB_FRAC_BITS",
+    "RESID", "EXP2_FRAC_BITS", "EXP2_LUT", "EXP2_ONE", "SOFTMAX_RECIP_BITS",
+    "SOFTMAX_RECIP_QUOTIENT_BITS", "PROB_FRAC_BITS",
     "LN_FRAC_BITS", "LN_RECIP_BITS", "LN_BETA", "div_half_up", "exp2_neg", "softmax_row",
     "layernorm_row", "gelu_table", "real_to_int", "pooled_sum_format", "predictor_score_format",
     "sta_key_sum_format", "sta_activation_format",
@@ -273,6 +274,9 @@ EXP2_LUT = tuple(math.floor(EXP2_ONE * 2.0 ** (-i / (1 << EXP2_FRAC_BITS)) + 0.5
                  for i in range(1 << EXP2_FRAC_BITS))
 #: Bits of the softmax row reciprocal ``floor(2**SOFTMAX_RECIP_BITS / sum)``.
 SOFTMAX_RECIP_BITS = 31
+#: Quotient bits of that reciprocal: a row with a kept entry has ``e = EXP2_LUT[0]`` at its
+#: maximum, so ``sum >= EXP2_LUT[0]`` bounds the quotient (and a divider's iterations).
+SOFTMAX_RECIP_QUOTIENT_BITS = ((1 << SOFTMAX_RECIP_BITS) // EXP2_LUT[0]).bit_length()
 #: Softmax probabilities are :data:`PROB` in units of ``2**-PROB_FRAC_BITS``.
 PROB_FRAC_BITS = 8
 #: LayerNorm normalised values in units of ``2**-LN_FRAC_BITS``.

@@ -45,9 +45,8 @@ __all__ = ["softmax_input_layout", "softmax_output_layout", "SoftmaxUnit",
 #: Bits of an ``exp2_neg`` value: the table's largest entry is ``EXP2_ONE`` (``t = 0``). A right
 #: shift by this many bits or more leaves zero, which is the contract's clamp of a huge ``t``.
 EXP_BITS = max(contract.EXP2_LUT).bit_length()
-#: Quotient bits of the reciprocal. A row with a kept entry has ``e = EXP2_LUT[0]`` at its
-#: maximum, so ``sum >= EXP2_LUT[0]`` bounds the quotient (and the divider's iterations).
-RECIP_QUOTIENT_BITS = ((1 << contract.SOFTMAX_RECIP_BITS) // contract.EXP2_LUT[0]).bit_length()
+#: Quotient bits of the reciprocal (the divider's iterations).
+RECIP_QUOTIENT_BITS = contract.SOFTMAX_RECIP_QUOTIENT_BITS
 assert RECIP_QUOTIENT_BITS <= contract.SOFTMAX_RECIP_BITS
 
 

@@ -1,0 +1,483 @@
+"""Cycle model of the generated accelerator: the schedule of the RTL, without the RTL.
+
+This module imports no Amaranth. It predicts the ``cycles`` counter of every engine and of the
+pipelines that share one PE array, from the configuration (:class:`hw.config.RTSAConfig`:
+rows, lanes, requantisers, decode width, bitmap word, requantiser steps) and the workload
+(:class:`LinearWork`: elements sent per token and bitmap word; :class:`AttentionWork`: kept
+key columns per query block and head), so that a configuration can be judged before it is
+built, at sizes no RTL simulation reaches (``python -m sim.bench_cycles``).
+
+What it models is the schedule itself, accumulation by accumulation, not MACs / (R v):
+
+* **The PE array** (:class:`ArraySchedule`, :mod:`hw.pe_array`, :mod:`hw.pe_arbiter`): one
+  accumulation at a time, round robin at accumulation boundaries among the clients with a
+  beat ready (switching costs no cycle). A closing beat enters the output bank
+  :data:`PIPE` cycles after it is issued and waits while the bank still drains the previous
+  accumulation (``rows x lanes / requant_lanes`` cycles), so short accumulations cost the
+  drain, not their beats. Rows reach the client ``requant_steps + 2`` cycles after leaving the
+  bank. A client that cannot take its rows (the softmax unit still busy) holds the bank and
+  so the array, unless it sits behind a :class:`hw.pipeline.ResultReserve` (the multi-client
+  pipelines), which instead holds the client's next accumulation until two accumulations'
+  rows have room.
+* **The linear engine** (:func:`linear_client`, :mod:`hw.linear_engine`): the delta encoder
+  takes a word a cycle, or ``ceil(n / k)`` cycles for a word with ``n > k`` sent values; the
+  decoded pairs go to a two-slot pair buffer; the feeder issues, per output chunk of
+  ``rows x lanes`` channels, one beat per sent pair (at least one).
+* **The attention engine** (:func:`attention_client`, :mod:`hw.attention_engine`): a
+  sequence starts when all its QKV beats are in its slot; per query block, ``ceil(n / rows)``
+  QK^T groups of ``head_dim`` beats, then ``ceil(head_dim / rows)`` A V passes of ``n`` beats
+  each, in the order ``QK(0) QK(1) AV(0) QK(2) AV(1) ...`` (a sequence's last block runs A V
+  at once); the issuer's state changes cost the bubbles the FSM has (2 cycles between two
+  blocks' QK^T, 3 before an A V, none after one); the softmax unit takes one block at a time,
+  ``3 n + 23`` cycles from its first score to its last probability, into two probability
+  slots.
+* **The run-through** (:func:`run_through_cycles`): both on one array, the sequence gate
+  (a sequence's tokens enter the projection once sequence ``s - 2`` has left attention) and
+  the QKV beats of a sequence filling attention's slot.
+
+The constants below are the RTL's structural latencies; each says where it comes from, and
+``make bench`` checks every prediction against the Verilator measurement (within
+:data:`TOLERANCE`). What the model leaves out: input and output streams are taken to flow at
+full rate (the benches' condition: no stalls), and the loader, the decoders and the output
+stages are taken to keep ahead of the array except where stated.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from golden import contract
+
+__all__ = ["TOLERANCE", "LinearWork", "AttentionWork", "Result", "ArraySchedule",
+           "linear_client", "attention_client", "linear_cycles", "attention_cycles",
+           "run_through_cycles", "ideal_linear_macs", "ideal_attention_macs"]
+
+#: The largest relative error of a prediction against the RTL that ``make bench`` accepts.
+TOLERANCE = 0.03
+
+#: Cycles from issuing a beat to its products in the accumulators: the operand routing
+#: register, the product register, the accumulator (hw.pe_array stages A, B, C).
+PIPE = 3
+#: Extra cycles between two closing beats beyond the bank's drain: the stall is a register,
+#: decided one cycle ahead (hw.pe_array: ``stall``). Calibrated: a one-pair token right after
+#: a long one closes 10 cycles after it on the ``vidt`` array (8 rows: drain 8).
+CLOSE_GAP = 1
+#: Cycles from a token's last word at the delta encoder to its first beat at the array: encoder
+#: (2 to the bitmap word, 3 to the first values), decoder, pair-buffer write, feeder S0 .. S2.
+LINEAR_FILL = 7
+#: Output stage of the linear engine: O0 (reference read), O1 (y = y_ref + acc), O2
+#: (requantise) -> ``o``.
+LINEAR_OUT = 3
+#: The attention issuer's bubbles (cycles without a beat), from its FSM (hw.attention_engine):
+#: QK -> IDLE -> QK between two blocks' QK^T; -> IDLE -> AV -> S0 -> S1 -> S2 before an A V
+#: pass; none from A V to QK^T (the next group is taken while S1, S2 drain).
+QK_AFTER_QK, AV_AFTER_ANY, QK_AFTER_AV = 2, 3, 0
+#: From a sequence slot becoming full to its first QK^T beat: WAIT -> Q_LOAD (``lanes`` Q rows)
+#: -> the first group's items (one a cycle) -> pend -> issue.
+ATTENTION_START = 4
+#: From the softmax unit's last probability to the issuer seeing the slot full (pfull).
+PFULL = 1
+
+
+def _ceil(a, b):
+    return -(-a // b)
+
+
+# --- Workloads. -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LinearWork:
+    """One token-wise linear layer: ``d_in`` inputs, ``d_out`` outputs, and per token the
+    elements it sends per bitmap word (``sent[t][w]``, ``d_in / bitmap_word`` words; a dense
+    token sends all of them)."""
+    d_in: int
+    d_out: int
+    sent: tuple
+
+    @classmethod
+    def from_bitmap(cls, bitmap, d_out, bitmap_word):
+        """From a token bitmap ``[N][d_in]`` of sent elements (nested sequences of bools)."""
+        rows = []
+        for tok in bitmap:
+            tok = [bool(b) for b in tok]
+            rows.append(tuple(sum(tok[w:w + bitmap_word])
+                              for w in range(0, len(tok), bitmap_word)))
+        return cls(len(bitmap[0]), d_out, tuple(rows))
+
+    @classmethod
+    def from_counts(cls, counts, d_in, d_out, bitmap_word):
+        """From per-token sent counts, spread as evenly as possible over the bitmap words."""
+        words = d_in // bitmap_word
+        rows = []
+        for n in counts:
+            n = int(n)
+            if not 0 <= n <= d_in:
+                raise ValueError("a token sends 0 .. {} elements, not {!r}".format(d_in, n))
+            rows.append(tuple(n // words + (w < n % words) for w in range(words)))
+        return cls(d_in, d_out, tuple(rows))
+
+    @classmethod
+    def dense(cls, tokens, d_in, d_out, bitmap_word):
+        return cls.from_counts([d_in] * tokens, d_in, d_out, bitmap_word)
+
+    @property
+    def tokens(self):
+        return len(self.sent)
+
+    @property
+    def sent_elements(self):
+        return sum(map(sum, self.sent))
+
+
+@dataclass(frozen=True)
+class AttentionWork:
+    """Attention of ``sequences`` sequences of ``tokens`` tokens, ``heads`` heads of
+    ``head_dim``: ``kept[s][h][b]`` key columns kept for query block ``b`` (``lanes``
+    queries)."""
+    tokens: int
+    heads: int
+    head_dim: int
+    kept: tuple
+
+    @classmethod
+    def uniform(cls, tokens, heads, head_dim, lanes, keep, sequences=1):
+        """Every block keeps ``keep`` columns (the predictor's top ``ceil(rho N)``)."""
+        blocks = _ceil(tokens, lanes)
+        return cls(tokens, heads, head_dim,
+                   tuple(tuple(tuple([keep] * blocks) for _ in range(heads))
+                         for _ in range(sequences)))
+
+    @property
+    def sequences(self):
+        return len(self.kept)
+
+
+def ideal_linear_macs(work):
+    """Performed MACs of a linear layer: sent elements x ``d_out`` (the engine's
+    ``mac_lanes``)."""
+    return work.sent_elements * work.d_out
+
+
+def ideal_attention_macs(work, lanes):
+    """Performed MACs of attention: kept score entries x ``head_dim``, for QK^T and for A V
+    (the engine's ``mac_lanes``; lanes past ``N`` in a partial block do nothing)."""
+    total = 0
+    for seq in work.kept:
+        for head in seq:
+            for b, n in enumerate(head):
+                queries = min(lanes, work.tokens - b * lanes)
+                total += 2 * n * queries * work.head_dim
+    return total
+
+
+# --- The shared array. -------------------------------------------------------------------
+
+
+@dataclass
+class Acc:
+    """An accumulation a client asks the array for: ``beats`` beats, the first issued no
+    earlier than ``ready`` (an int, or a function returning one, or None while it is not
+    known yet), its rows taken no earlier than ``accept``."""
+    ready: object
+    beats: int
+    accept: int = 0
+    kind: str = ""
+
+
+@dataclass
+class Grant:
+    """When the array ran an accumulation: its first and last beat's issue cycles, and the
+    cycles its first and last result row were taken by the client."""
+    start: int
+    end: int
+    first_row: int
+    last_row: int
+
+
+@dataclass
+class Result:
+    """A prediction: ``cycles`` (START to the last output), and per client its ``busy`` (cycles
+    the array took one of its beats) and ``accumulations``."""
+    cycles: int
+    busy: dict = field(default_factory=dict)
+    accumulations: dict = field(default_factory=dict)
+    events: dict = field(default_factory=dict)
+
+    @property
+    def array_busy(self):
+        return sum(self.busy.values())
+
+
+class ArraySchedule:
+    """The PE array and its arbiter, accumulation by accumulation.
+
+    ``clients`` maps a name to a generator that yields :class:`Acc` requests in its issue
+    order and receives a :class:`Grant` for each. ``reserve``: every client sits behind a
+    :class:`hw.pipeline.ResultReserve` (a pipeline with more than one client): its rows never
+    hold the array, and the client opens an accumulation only once the rows of its
+    accumulation before the previous one have been taken."""
+
+    def __init__(self, config, clients, *, reserve=None):
+        self.config = config
+        self.clients = dict(clients)
+        self.reserve = len(self.clients) > 1 if reserve is None else reserve
+        groups = config.lanes // config.requant_lanes
+        self.drain = config.rows * groups           # output bank: a group of lanes a cycle
+        self.out = config.requant_steps + 2         # requantiser, row assembly, o register
+        self.row_step = groups
+        self.events = {}
+
+    def run(self):
+        R = self.config.rows
+        names = list(self.clients)
+        gens = {n: self.clients[n] for n in names}
+        pending = {}
+        for n in names:
+            try:
+                pending[n] = next(gens[n])
+            except StopIteration:
+                pass
+        history = {n: [] for n in names}
+        busy = {n: 0 for n in names}
+        t = 0                    # next free issue cycle
+        drain_end = -10 ** 9     # cycle the bank finishes draining the last accumulation
+        last_close = -10 ** 9
+        last_grant = len(names) - 1
+        while pending:
+            ready = {}
+            for n, acc in pending.items():
+                r = acc.ready() if callable(acc.ready) else acc.ready
+                if r is None:
+                    continue
+                if self.reserve and len(history[n]) >= 2:
+                    r = max(r, history[n][-2].last_row + 1)
+                ready[n] = r
+            if not ready:
+                raise RuntimeError("cycle model deadlock: clients {} wait on each other"
+                                   .format(", ".join(sorted(pending))))
+            now = max(t, min(ready.values()))
+            order = [names[(last_grant + k) % len(names)] for k in range(1, len(names) + 1)]
+            n = next(c for c in order if c in ready and ready[c] <= now)
+            acc = pending[n]
+            start = now
+            # The closing beat waits until the bank has drained the previous accumulation.
+            end = max(start + acc.beats - 1, drain_end - PIPE + CLOSE_GAP,
+                      last_close + 1)
+            drain_start = max(end + PIPE, drain_end)
+            if not self.reserve:
+                # Rows the client cannot take yet stay in the output path and the bank.
+                drain_start = max(drain_start, acc.accept - self.out - 1)
+            drain_end = drain_start + self.drain
+            first = drain_start + self.row_step - 1 + self.out
+            last = drain_start + self.drain - 1 + self.out
+            if self.reserve:
+                first, last = first + 1, last + 1          # the reserve's FIFO
+            first = max(first, acc.accept)
+            last = max(last, first + R - 1)
+            grant = Grant(start, end, first, last)
+            history[n].append(grant)
+            busy[n] += acc.beats
+            last_close = end
+            t = end + 1
+            last_grant = names.index(n)
+            try:
+                pending[n] = gens[n].send(grant)
+            except StopIteration:
+                del pending[n]
+        return busy, {n: len(h) for n, h in history.items()}, history
+
+
+# --- Clients. ------------------------------------------------------------------------------
+
+
+def _encoder_cycles(config, words):
+    """Delta-encoder cycles of a token (hw.delta_encoder: a word a cycle, ``ceil(n / k)``
+    for a word with more than ``k`` sent values, one more at the end of a token whose last
+    word leaves more than ``k``)."""
+    k = config.decode_width
+    cycles = sum(max(1, _ceil(n, k)) for n in words)
+    return cycles + (1 if words and words[-1] > k else 0)
+
+
+def linear_client(config, work, events, *, name="linear", token_ready=None):
+    """The linear engine's accumulations; records ``events[(name, "out", t)]``, the cycle
+    token ``t``'s last output beat leaves. ``token_ready(t)``: the cycle token ``t`` may
+    enter (None while unknown; default 0, a source at full rate)."""
+    chunks = _ceil(work.d_out, config.rows * config.lanes)
+    enc_end = 0                 # the encoder's last cycle on the previous token
+    feed_start = []             # first-beat issue cycle of each token
+    for t, words in enumerate(work.sent):
+        n = sum(words)
+        state = {}
+
+        def ready(t=t, words=words, state=state):
+            if "avail" not in state:
+                arrive = 0 if token_ready is None else token_ready(t)
+                if arrive is None:
+                    return None
+                # The pair buffer's slot of token t is free once the feeder left t - 2.
+                slot = feed_start[t - 1] - 2 if t >= 1 else 0
+                start = max(enc_end, arrive, slot)
+                state["enc_end"] = start + _encoder_cycles(config, words)
+                state["avail"] = state["enc_end"] + LINEAR_FILL
+            return state["avail"]
+
+        for c in range(chunks):
+            grant = yield Acc(ready if c == 0 else 0, max(1, n), kind="linear")
+            if c == 0:
+                feed_start.append(grant.start)
+                enc_end = state["enc_end"]
+        events[(name, "out", t)] = grant.last_row + LINEAR_OUT
+
+
+def _attention_blocks(config, work):
+    V = config.lanes
+    blocks = []
+    for s, seq in enumerate(work.kept):
+        for h, head in enumerate(seq):
+            for b, n in enumerate(head):
+                blocks.append({"seq": s, "head": h, "block": b, "n": max(1, n),
+                               "seq_last": h == work.heads - 1 and b == len(head) - 1,
+                               "first_of_seq": h == 0 and b == 0})
+    if any(len(head) != _ceil(work.tokens, V) for seq in work.kept for head in seq):
+        raise ValueError("kept must give every head {} query blocks".format(
+            _ceil(work.tokens, V)))
+    return blocks
+
+
+def attention_client(config, work, events, *, name="attention", seq_full=None):
+    """The attention engine's accumulations (see the module docstring); records
+    ``events[(name, "release", s)]`` (sequence ``s`` leaves its QKV slot) and
+    ``events[(name, "done")]`` (the last output beat). ``seq_full(s)``: the cycle sequence
+    ``s``'s slot is full (None while unknown)."""
+    R, HD = config.rows, work.head_dim
+    passes = _ceil(HD, R)
+    blocks = _attention_blocks(config, work)
+    qk = av = 0
+    last_kind, last_end = None, -1
+    sm_free = 0                       # the softmax unit takes the next block's first score
+    sm_done = {}                      # block -> cycle its probabilities are all in (pfull)
+    slot_free = {}                    # block -> cycle its probability slot is free again
+    while av < len(blocks):
+        pending = qk - av
+        want_av = pending == 2 or (pending == 1 and blocks[av]["seq_last"]) or qk == len(blocks)
+        if want_av:
+            blk = blocks[av]
+            n = blk["n"]
+            for p in range(passes):
+                ready = (max(last_end + 1 + AV_AFTER_ANY, sm_done[av] + PFULL + 2)
+                         if p == 0 else 0)
+                grant = yield Acc(ready, n, kind="av")
+            last_end = grant.end
+            slot_free[av] = grant.end - 1          # S0 left the block two beats before
+            if blk["seq_last"]:
+                events[(name, "release", blk["seq"])] = grant.end
+            events[(name, "done")] = grant.last_row + 1
+            last_kind = "av"
+            av += 1
+            continue
+        blk = blocks[qk]
+        n = blk["n"]
+        groups = _ceil(n, R)
+        first_row = last_row = None
+        for g in range(groups):
+            if g == 0:
+                gap = QK_AFTER_AV if last_kind == "av" else QK_AFTER_QK
+                ready = last_end + 1 + gap
+                if blk["first_of_seq"]:
+                    s = blk["seq"]
+
+                    def ready(s=s, base=ready):
+                        full = 0 if seq_full is None else seq_full(s)
+                        if full is None:
+                            return None
+                        return max(base, full + ATTENTION_START + config.lanes
+                                   + min(R, n) + 1)
+                accept = sm_free
+            else:
+                ready, accept = 0, 0
+            grant = yield Acc(ready, HD, accept=accept, kind="qk")
+            if g == 0:
+                first_row = grant.first_row
+            last_row = grant.last_row
+        last_end = grant.end
+        last_kind = "qk"
+        # The softmax unit: load (one score row a cycle as they come), exponent pass,
+        # reciprocal, output pass into a probability slot (free once A V of block - 2 left).
+        load_end = max(last_row, first_row + n - 1)
+        out_start = max(load_end + n + 3 + contract.SOFTMAX_RECIP_QUOTIENT_BITS,
+                        slot_free.get(qk - 2, 0))
+        sm_done[qk] = out_start + n + 3
+        sm_free = sm_done[qk] + 1
+        qk += 1
+
+
+# --- Entry points. ---------------------------------------------------------------------------
+
+
+def linear_cycles(config, work):
+    """The linear engine alone (``hw.run_through.LinearTop``), tokens at full rate."""
+    events = {}
+    sched = ArraySchedule(config, {"linear": linear_client(config, work, events)})
+    busy, accs, _ = sched.run()
+    cycles = events[("linear", "out", work.tokens - 1)]
+    return Result(cycles, busy, accs, events)
+
+
+def _qkv_beats(config, work):
+    """QKV beats of one token: channels ``[q | k | v]`` of ``heads x head_dim``, ``lanes`` a
+    beat."""
+    return _ceil(3 * work.heads * work.head_dim, config.lanes)
+
+
+def attention_cycles(config, work):
+    """The attention engine alone (``hw.run_through.AttentionTop``): QKV beats at full rate
+    into two sequence slots, masks at full rate."""
+    events = {}
+    per_seq = work.tokens * _qkv_beats(config, work)
+    fill = {}
+
+    def seq_full(s):
+        if s not in fill:
+            prev = fill[s - 1] if s >= 1 else 0
+            if s >= 2:
+                rel = events.get(("attention", "release", s - 2))
+                if rel is None:
+                    return None
+                prev = max(prev, rel + 1)
+            fill[s] = prev + per_seq
+        return fill[s]
+
+    sched = ArraySchedule(config, {"attention": attention_client(config, work, events,
+                                                                 seq_full=seq_full)})
+    busy, accs, _ = sched.run()
+    return Result(events[("attention", "done")], busy, accs, events)
+
+
+def run_through_cycles(config, linear, attention):
+    """The run-through (``hw.run_through.RunThrough``): the QKV projection ``linear``
+    (``attention.sequences x tokens`` tokens) feeding ``attention`` on one array."""
+    N = attention.tokens
+    if linear.tokens != N * attention.sequences:
+        raise ValueError("the projection must run sequences x tokens = {} tokens, not {}"
+                         .format(N * attention.sequences, linear.tokens))
+    events = {}
+
+    def token_ready(t):
+        s = t // N
+        if s < 2:
+            return 0
+        rel = events.get(("attention", "release", s - 2))
+        return None if rel is None else rel + 1
+
+    def seq_full(s):
+        out = events.get(("qkv", "out", (s + 1) * N - 1))
+        return None if out is None else out + 1
+
+    sched = ArraySchedule(config, {
+        "qkv": linear_client(config, linear, events, name="qkv", token_ready=token_ready),
+        "attention": attention_client(config, attention, events, seq_full=seq_full)})
+    busy, accs, _ = sched.run()
+    return Result(events[("attention", "done")], busy, accs, events)
