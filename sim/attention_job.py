@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from golden.intvidt import attention_core
+from hw import cycles
 from sim.driver import Plan
 
 __all__ = ["AttentionJob", "Sequence", "attention_job", "qkv_beats", "block_masks",
@@ -49,6 +50,8 @@ class AttentionJob:
         Kept sub-vectors: the exact ``SUBVECTORS`` counter.
     outputs : list of torch.Tensor
         Each sequence's expected output ``[H, N, hd]`` (what ``expected`` holds as beats).
+    work : hw.cycles.AttentionWork
+        Kept key columns per sequence, head and query block: the cycle model's workload.
     """
     name: str
     config: object
@@ -60,10 +63,16 @@ class AttentionJob:
     subvectors: int
     sequences: int
     outputs: list = None
+    work: object = None
 
     @property
     def ideal_cycles(self):
         return self.mac_lanes / self.config.macs_per_cycle
+
+    @property
+    def predicted_cycles(self):
+        """The cycle model's ``cycles`` of this job on the attention engine alone."""
+        return cycles.attention_cycles(self.config, self.work).cycles
 
     def counters(self):
         """The counters the run must end with (``None``: read, not checked)."""
@@ -158,9 +167,13 @@ def attention_job(config, sequences, *, softmax_mult, softmax_shift, attn_mult, 
         outputs.append(out)
         mac_lanes += int(full_keep.sum()) * hd * 2
         subvectors += sum(bin(b["mask"]).count("1") for b in mask_beats)
+    blocks = -(-n // config.lanes)
+    kept = [[[bin(b["mask"]).count("1") for b in masks[(s * heads + h) * blocks:][:blocks]]
+             for h in range(heads)] for s in range(len(sequences))]
+    work = cycles.AttentionWork(n, heads, hd, tuple(tuple(map(tuple, seq)) for seq in kept))
     registers = [("tokens", n), ("heads", heads), ("sequences", len(sequences)),
                  ("softmax_mult", softmax_mult), ("softmax_shift", softmax_shift),
                  ("out_mult", attn_mult), ("out_shift", attn_shift)]
     return AttentionJob(name=name, config=config, registers=registers, qkv=qkv, masks=masks,
                         expected=expected, mac_lanes=mac_lanes, subvectors=subvectors,
-                        sequences=len(sequences), outputs=outputs)
+                        sequences=len(sequences), outputs=outputs, work=work)

@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from hw.config import preset
+from sim.model_check import model_error, model_table
 from sim.runner import REPO, SIMULATORS, run_cocotb
 from sim.vectors import benchmark_vectors
 
@@ -86,6 +87,10 @@ def _attention_rows(dirs, futures):
                 "subvectors": sparse["subvectors"], "dense_subvectors": dense["subvectors"],
                 "kept_fraction": sparse["subvectors"] / dense["subvectors"],
                 "mac_lanes": sparse["mac_lanes"], "busy_cycles": sparse["busy"],
+                "predicted_cycles": sparse["predicted_cycles"],
+                "dense_predicted_cycles": dense["predicted_cycles"],
+                "model_error": model_error(sparse["cycles"], sparse["predicted_cycles"]),
+                "dense_model_error": model_error(dense["cycles"], dense["predicted_cycles"]),
             })
     return rows
 
@@ -122,6 +127,8 @@ def _run_through_rows(futures):
             "array_busy_fraction": busy / cycles,
             "linear_busy_cycles": r["linear"]["busy"],
             "attention_busy_cycles": r["attention"]["busy"],
+            "predicted_cycles": r["predicted_cycles"],
+            "model_error": model_error(cycles, r["predicted_cycles"]),
         })
     return rows
 
@@ -160,7 +167,13 @@ def markdown(cfg, meta, rows, rt_rows):
     for r in rt_rows:
         lines.append("| {tokens_per_clip} | {bottleneck} | {cycles} | {ideal_cycles:.0f} | "
                      "{cycles_over_ideal:.3f} | {array_busy_fraction:.1%} |".format(**r))
-    return "\n".join(lines) + "\n"
+    entries = [("attention {} heads {} {}".format(r["layer"], r["heads"], mode),
+                r[prefix + "cycles"], r[prefix + "predicted_cycles"])
+               for r in rows for mode, prefix in (("sparse", ""), ("dense", "dense_"))]
+    entries += [("run-through 2 x {}".format(r["tokens_per_clip"]), r["cycles"],
+                 r["predicted_cycles"]) for r in rt_rows]
+    model, ok = model_table(entries)
+    return "\n".join(lines + [""] + model) + "\n", ok
 
 
 def main(argv=None):
@@ -188,13 +201,13 @@ def main(argv=None):
         [dict(row, **meta) for row in rows], indent=1) + "\n")
     (args.out / "run_through.json").write_text(json.dumps(
         [dict(row, **meta) for row in rt_rows], indent=1) + "\n")
-    text = markdown(cfg, meta, rows, rt_rows)
+    text, ok = markdown(cfg, meta, rows, rt_rows)
     (args.out / "attention.md").write_text(text)
     print(text)
     print("wrote {}, {}, {} ({:.0f} s)".format(args.out / "attention.json",
                                               args.out / "run_through.json",
                                               args.out / "attention.md", time.time() - t0))
-    return 0
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from hw.config import preset
+from sim.model_check import model_error, model_table
 from sim.runner import REPO, SIMULATORS, run_cocotb, write_report
 from sim.vectors import benchmark_vectors
 
@@ -65,6 +66,10 @@ def run(clip, block, tau, simulator, preset_name="vidt"):
             "sent_fraction": shape["sent"] / shape["elements"],
             "pairs": delta["pairs"], "mac_lanes": delta["mac_lanes"],
             "busy_cycles": delta["busy"],
+            "predicted_cycles": delta["predicted_cycles"],
+            "dense_predicted_cycles": dense["predicted_cycles"],
+            "model_error": model_error(delta["cycles"], delta["predicted_cycles"]),
+            "dense_model_error": model_error(dense["cycles"], dense["predicted_cycles"]),
         })
     return cfg, manifest, rows
 
@@ -95,7 +100,10 @@ def markdown(cfg, meta, rows):
     missed = [r["layer"] for r in rows if r["cycles_over_ideal"] > TARGET]
     lines.append("Target cycles <= {:.2f} x ideal: {}.".format(
         TARGET, "met on every layer" if not missed else "missed on " + ", ".join(missed)))
-    return "\n".join(lines) + "\n"
+    model, ok = model_table(
+        [(r["layer"] + " " + mode, r[prefix + "cycles"], r[prefix + "predicted_cycles"])
+         for r in rows for mode, prefix in (("delta", ""), ("dense", "dense_"))])
+    return "\n".join(lines + [""] + model) + "\n", ok
 
 
 def main(argv=None):
@@ -113,9 +121,9 @@ def main(argv=None):
     meta = {"clip": args.clip, "block": args.block, "tau": args.tau,
             "simulator": args.simulator, "preset": cfg.name, "rows": cfg.rows,
             "lanes": cfg.lanes, "macs_per_cycle": cfg.macs_per_cycle, "target": TARGET}
-    write_report(args.out, "linear", [dict(row, **meta) for row in rows],
-                 markdown(cfg, meta, rows), t0)
-    return 0
+    text, ok = markdown(cfg, meta, rows)
+    write_report(args.out, "linear", [dict(row, **meta) for row in rows], text, t0)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

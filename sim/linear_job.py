@@ -16,6 +16,7 @@ import torch
 from golden import contract
 from golden.export import linear_vectors
 from golden.intvidt import QLinear
+from hw import cycles
 from hw.linear_engine import channel_words, weight_words
 from sim.driver import Plan
 
@@ -42,6 +43,8 @@ class LinearJob:
         Sent elements summed over tokens and chunks: the expected ``pairs`` counter.
     outputs : torch.Tensor
         The expected outputs as a ``[N, d_out]`` tensor (what ``expected`` holds as beats).
+    work : hw.cycles.LinearWork
+        Elements sent per token and bitmap word: the cycle model's workload.
     """
     name: str
     config: object
@@ -54,10 +57,16 @@ class LinearJob:
     mac_lanes: int
     pairs: int
     outputs: object = None
+    work: object = None
 
     @property
     def ideal_cycles(self):
         return self.mac_lanes / self.config.macs_per_cycle
+
+    @property
+    def predicted_cycles(self):
+        """The cycle model's ``cycles`` of this job on the linear engine alone."""
+        return cycles.linear_cycles(self.config, self.work).cycles
 
     def setup(self, stage, *, pulses=("clear_refs", "reset_load", "clear_error"), load=True):
         """The plan steps that program and load stage ``stage`` (no start); ``load=False``
@@ -118,9 +127,12 @@ def job_from_layer(config, layer, x, frame, spatial, n_s, *, tau, delta_enable=T
     vec = linear_vectors(layer, x, frame, spatial, n_s, tau if delta_enable else None)
     chunks = -(-d_out // config.macs_per_cycle)
     if delta_enable:
-        sent = int(vec["bitmap"].sum())
+        bitmap = vec["bitmap"]
     else:
-        sent = x.shape[0] * d_in              # the dense baseline sends zeros too
+        bitmap = torch.ones(x.shape[0], d_in, dtype=torch.bool)  # the dense baseline sends zeros too
+    sent = int(bitmap.sum())
+    work = cycles.LinearWork(d_in, d_out, tuple(
+        tuple(row) for row in bitmap.reshape(x.shape[0], -1, config.bitmap_word).sum(-1).tolist()))
     out = layer.accumulate(x) if logits else vec["out"]
     V = config.lanes
     expected = [{"data": [int(v) for v in out[t, s:s + V]], "last": s + V == d_out}
@@ -137,7 +149,7 @@ def job_from_layer(config, layer, x, frame, spatial, n_s, *, tau, delta_enable=T
         channels=channel_words(config, layer.bias.tolist(), layer.mult.tolist(),
                                layer.shift.tolist()),
         tokens=_token_beats(config, x, spatial), expected=expected, n_tokens=x.shape[0],
-        mac_lanes=sent * d_out, pairs=sent * chunks, outputs=out)
+        mac_lanes=sent * d_out, pairs=sent * chunks, outputs=out, work=work)
 
 
 def job_from_vectors(config, arrays, n_s, *, tau, out_bits, delta_enable=True, name="layer"):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from golden.subvector import SubvectorAttention
+from hw import cycles
 from sim.attention_job import AttentionJob, Sequence, attention_job
 from sim.driver import Plan
 from sim.linear_job import LinearJob, job_from_layer
@@ -32,6 +33,12 @@ class RunThroughJob:
     def ideal_cycles(self):
         """Performed MACs of both stages over the array's MACs per cycle."""
         return self.linear.ideal_cycles + self.attention.ideal_cycles
+
+    @property
+    def predicted_cycles(self):
+        """The cycle model's ``cycles`` of this job (attention's counter: the whole run)."""
+        return cycles.run_through_cycles(self.linear.config, self.linear.work,
+                                         self.attention.work).cycles
 
     def plan(self, *, timeout=None):
         """This job as a :class:`sim.driver.Plan` for :class:`hw.run_through.RunThrough`:

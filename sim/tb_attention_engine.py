@@ -70,7 +70,8 @@ async def attention_engine_matches_golden(dut):
                                     stall=env["stall"])
         counters = res["counters"]["attention"]
         dut._log.info("%s: %s (ideal %.0f cycles)", job.name, counters, job.ideal_cycles)
-        results.append(dict(job=job.name, ideal_cycles=job.ideal_cycles, **counters))
+        results.append(dict(job=job.name, ideal_cycles=job.ideal_cycles,
+                            predicted_cycles=job.predicted_cycles, **counters))
     assert results, "no job ran: RTSA_VECTORS/RTSA_MODES select nothing"
     if env["results"]:
         with open(env["results"], "w") as f:

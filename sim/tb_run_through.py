@@ -71,6 +71,7 @@ async def run_through_matches_golden(dut):
     if env["results"]:
         with open(env["results"], "w") as f:
             json.dump(dict(job=job.name, ideal_cycles=job.ideal_cycles,
+                           predicted_cycles=job.predicted_cycles,
                            linear_ideal_cycles=job.linear.ideal_cycles,
                            attention_ideal_cycles=job.attention.ideal_cycles,
                            attention=counters, linear=linear), f, indent=1)
