@@ -288,6 +288,16 @@ LN_RECIP_BITS = 31
 LN_BETA = IntFormat(16)
 
 
+def layernorm_widths(max_d):
+    """Bit widths of LayerNorm's statistics for tokens of up to ``max_d`` RESID values:
+    ``{"total", "sumsq", "var", "root", "recip", "centred"}`` (signed: total, centred)."""
+    d = max_d
+    x = -RESID.min                            # largest |x|
+    return {"total": (d * x).bit_length() + 1, "sumsq": (d * x * x).bit_length(),
+            "var": (d * d * x * x).bit_length(), "root": ((d * d * x * x).bit_length() + 1) // 2,
+            "recip": LN_RECIP_BITS + 1, "centred": (2 * d * x).bit_length() + 1}
+
+
 def real_to_int(x):
     """Round a real number half up to an integer (for building constants, not at run time)."""
     return math.floor(Fraction(x) + Fraction(1, 2))

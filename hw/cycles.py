@@ -82,6 +82,13 @@ ATTENTION_START = 4
 LINEAR_TAIL = 4
 #: From the softmax unit's last probability to the issuer seeing the slot full (pfull).
 PFULL = 1
+#: From a sequence's keys all being in to the predictor's first product beat: the loader takes
+#: the first key group's rows (``lanes`` of them, added below) and the unit group's pooled
+#: queries.
+PREDICT_START = 3
+#: From a block's mask beat being valid to its loader starting on the block's Q rows: the
+#: mask decoder's register stages (hw.subvector_decoder).
+MASK_TO_QK = 3
 
 
 def _ceil(a, b):
@@ -156,6 +163,34 @@ class AttentionWork:
     @property
     def sequences(self):
         return len(self.kept)
+
+
+@dataclass(frozen=True)
+class BlockWork:
+    """One transformer block (:class:`hw.block.Block`): its four projections (``qkv``,
+    ``proj``, ``fc1``, ``fc2``: :class:`LinearWork` of ``sequences x tokens`` tokens each) and
+    its attention; ``predict``: the on-chip predictor chooses the kept columns (False: dense
+    attention, no products); ``attention_skip`` and ``mlp_skip``: the skip FIFOs
+    (:func:`hw.block.block_skips`)."""
+    qkv: LinearWork
+    proj: LinearWork
+    fc1: LinearWork
+    fc2: LinearWork
+    attention: AttentionWork
+    predict: bool = True
+    attention_skip: int = 2
+    mlp_skip: int = 8
+
+    def __post_init__(self):
+        n = self.attention.tokens * self.attention.sequences
+        for name in ("qkv", "proj", "fc1", "fc2"):
+            if getattr(self, name).tokens != n:
+                raise ValueError("{} must run sequences x tokens = {} tokens, not {}".format(
+                    name, n, getattr(self, name).tokens))
+
+    @property
+    def layers(self):
+        return {"qkv": self.qkv, "proj": self.proj, "fc1": self.fc1, "fc2": self.fc2}
 
 
 def ideal_linear_macs(work):
@@ -306,10 +341,14 @@ def _encoder_cycles(config, words):
 
 
 def linear_client(config, work, events, *, name="linear", token_ready=None):
-    """The linear engine's accumulations; records ``events[(name, "out", t)]``, the cycle
-    token ``t``'s last output beat leaves. ``token_ready(t)``: the cycle token ``t`` may
-    enter (None while unknown; default 0, a source at full rate)."""
+    """The linear engine's accumulations; records ``events[(name, "out", t)]`` (the cycle token
+    ``t``'s last output beat leaves), ``(name, "first", t)`` (its first output beat) and
+    ``(name, "take", t)`` (the cycle the encoder takes its first word). ``token_ready(t)``:
+    the cycle token ``t``'s first word may enter, or ``(first, last)``, the cycles its first
+    and last word arrive when taken at once (a source slower than a word a cycle; a later
+    start delays both); None while unknown; default 0, a source at full rate."""
     chunks = _ceil(work.d_out, config.rows * config.lanes)
+    k = config.decode_width
     enc_end = 0                 # the encoder's last cycle on the previous token
     feed_start = []             # first-beat issue cycle of each token
     for t, words in enumerate(work.sent):
@@ -321,11 +360,19 @@ def linear_client(config, work, events, *, name="linear", token_ready=None):
                 arrive = 0 if token_ready is None else token_ready(t)
                 if arrive is None:
                     return None
+                first, last = arrive if isinstance(arrive, tuple) else (arrive, None)
                 # The pair buffer's slot of token t is free once the feeder left t - 2.
                 slot = feed_start[t - 1] - 2 if t >= 1 else 0
-                start = max(enc_end, arrive, slot)
-                state["enc_end"] = start + _encoder_cycles(config, words)
-                state["avail"] = state["enc_end"] + LINEAR_FILL
+                start = max(enc_end, first, slot)
+                end = start + _encoder_cycles(config, words)
+                if last is not None:
+                    # The last word, delayed as the first was, then its own cycles.
+                    lw = words[-1]
+                    end = max(end, last + start - first + max(1, _ceil(lw, k))
+                              + (1 if lw > k else 0))
+                events[(name, "take", t)] = start
+                state["enc_end"] = end
+                state["avail"] = end + LINEAR_FILL
             return state["avail"]
 
         for c in range(chunks):
@@ -333,6 +380,7 @@ def linear_client(config, work, events, *, name="linear", token_ready=None):
             if c == 0:
                 feed_start.append(grant.start)
                 enc_end = state["enc_end"]
+                events[(name, "first", t)] = grant.first_row + LINEAR_OUT
         events[(name, "out", t)] = grant.last_row + LINEAR_OUT
 
 
@@ -351,11 +399,14 @@ def _attention_blocks(config, work):
     return blocks
 
 
-def attention_client(config, work, events, *, name="attention", seq_full=None):
+def attention_client(config, work, events, *, name="attention", seq_full=None,
+                     mask_ready=None):
     """The attention engine's accumulations (see the module docstring); records
-    ``events[(name, "release", s)]`` (sequence ``s`` leaves its QKV slot) and
-    ``events[(name, "done")]`` (the last output beat). ``seq_full(s)``: the cycle sequence
-    ``s``'s slot is full (None while unknown)."""
+    ``events[(name, "release", s)]`` (sequence ``s`` leaves its QKV slot), ``(name, "seq_done",
+    s)`` (its last output beat), ``(name, "qk", k)`` (the first QK^T beat of block ``k``, in
+    sequence, head, block order) and ``(name, "done")`` (the last output beat). ``seq_full(s)``:
+    the cycle sequence ``s``'s slot is full; ``mask_ready(k)``: the cycle block ``k``'s mask
+    beat is valid (default: masks at full rate); either None while unknown."""
     R, HD = config.rows, work.head_dim
     passes = _ceil(HD, R)
     blocks = _attention_blocks(config, work)
@@ -378,6 +429,7 @@ def attention_client(config, work, events, *, name="attention", seq_full=None):
             slot_free[av] = grant.end - 1          # S0 left the block two beats before
             if blk["seq_last"]:
                 events[(name, "release", blk["seq"])] = grant.end
+                events[(name, "seq_done", blk["seq"])] = grant.last_row + 1
             events[(name, "done")] = grant.last_row + 1
             last_kind = "av"
             av += 1
@@ -390,20 +442,23 @@ def attention_client(config, work, events, *, name="attention", seq_full=None):
             if g == 0:
                 gap = QK_AFTER_AV if last_kind == "av" else QK_AFTER_QK
                 ready = last_end + 1 + gap
-                if blk["first_of_seq"]:
-                    s = blk["seq"]
+                if blk["first_of_seq"] or mask_ready is not None:
 
-                    def ready(s=s, base=ready):
-                        full = 0 if seq_full is None else seq_full(s)
-                        if full is None:
+                    def ready(s=blk["seq"], base=ready, first=blk["first_of_seq"], k=qk, n=n):
+                        full = 0 if seq_full is None or not first else seq_full(s)
+                        mask = 0 if mask_ready is None else mask_ready(k)
+                        if full is None or mask is None:
                             return None
-                        return max(base, full + ATTENTION_START + config.lanes
-                                   + min(R, n) + 1)
+                        # The loader takes the block's Q rows and its first group's columns
+                        # once the slot is full and its mask beat is in.
+                        return max(base, full + ATTENTION_START + config.lanes + min(R, n) + 1,
+                                   mask + MASK_TO_QK + config.lanes + min(R, n))
                 accept = sm_free
             else:
                 ready, accept = 0, 0
             grant = yield Acc(ready, HD, accept=accept, kind="qk")
             if g == 0:
+                events[(name, "qk", qk)] = grant.start
                 first_row = grant.first_row
             last_row = grant.last_row
         last_end = grant.end
@@ -416,6 +471,50 @@ def attention_client(config, work, events, *, name="attention", seq_full=None):
         sm_done[qk] = out_start + n + 3
         sm_free = sm_done[qk] + 1
         qk += 1
+
+
+def predictor_client(config, work, events, *, name="predict", seq_full=None):
+    """The on-chip predictor's products (:mod:`hw.predictor`): per sequence, head and *unit
+    group* of ``rows`` query blocks, one accumulation of ``head_dim`` beats per *key group* of
+    ``lanes`` keys, once the sequence's keys are all in (``seq_full(s)``). Records
+    ``events[(name, "unit", s, h, u)]``, the cycle the unit group's last score row is in."""
+    R, V = config.rows, config.lanes
+    blocks = _ceil(work.tokens, V)
+    for s in range(work.sequences):
+        for h in range(work.heads):
+            for u in range(_ceil(blocks, R)):
+                for g in range(blocks):
+                    ready = 0
+                    if h == 0 and u == 0 and g == 0:
+                        def ready(s=s):
+                            full = 0 if seq_full is None else seq_full(s)
+                            return None if full is None else full + PREDICT_START + V
+                    grant = yield Acc(ready, work.head_dim, kind="predict")
+                events[(name, "unit", s, h, u)] = grant.last_row
+
+
+def keep_select_masks(config, work, events, *, name="predict"):
+    """``mask_ready(k)`` for :func:`attention_client`: block ``k``'s mask beat from the keep
+    selection (:mod:`hw.keep_select`), which takes one block at a time: ``(B + 1) W + 2``
+    cycles a block (``W = ceil(N / lanes)`` score beats, ``B`` score bits), starting once the
+    block's unit group has all its scores. The mask is taken as soon as it is valid (the
+    attention engine's column list holds blocks ahead)."""
+    W = _ceil(work.tokens, config.lanes)
+    B = contract.predictor_score_format(work.head_dim).bits
+    blocks = _attention_blocks(config, work)
+    valid = {}
+
+    def mask_ready(k):
+        if k not in valid:
+            blk = blocks[k]
+            unit = events.get((name, "unit", blk["seq"], blk["head"], blk["block"] // config.rows))
+            prev = 0 if k == 0 else mask_ready(k - 1)
+            if unit is None or prev is None:
+                return None
+            start = max(unit + 2, prev + 1)
+            valid[k] = start + (B + 1) * W + 1
+        return valid[k]
+    return mask_ready
 
 
 # --- Entry points. ---------------------------------------------------------------------------
@@ -485,3 +584,148 @@ def run_through_cycles(config, linear, attention):
         "attention": attention_client(config, attention, events, seq_full=seq_full)})
     busy, accs, _ = sched.run()
     return Result(events[("attention", "done")], busy, accs, events)
+
+
+#: The element-wise stages between two projections: GELU's table read and the packing into
+#: token beats (hw.gelu, hw.to_tokens: a cycle each).
+ELEMENTWISE = 2
+#: A residual add's register (hw.residual).
+RESIDUAL = 1
+#: The transposing buffer: its first token beat three cycles after a sequence's last input
+#: (hw.transpose).
+TRANSPOSE = 3
+#: From a sequence's last QKV beat leaving the projection to the predictor and the attention
+#: engine holding it: the key report's register (hw.sta_report).
+KEY_REPORT = 1
+#: From the last projection's last output to the block's DONE: the residual add, the
+#: activation report and the counter (calibrated on ``make bench FULL=1``).
+BLOCK_TAIL = 4
+
+
+def layernorm_stats_cycles(config):
+    """Cycles of LayerNorm's row statistics (:class:`hw.layernorm.RowStats`) from its input
+    handshake to its output: one for the variance, the square root (two radicand bits a
+    cycle), one, the division (a quotient bit a cycle)."""
+    w = contract.layernorm_widths(config.max_d)
+    return 1 + w["root"] + 1 + w["recip"]
+
+
+class _LayerNormTiming:
+    """When a :class:`hw.layernorm.LayerNorm` stage has each token ready: the writer takes one
+    element a cycle into one of two row slots, the row statistics follow
+    (:func:`hw.layernorm.stats_cycles`), the reader gives one element a cycle. ``arrival(t)``:
+    ``(first, last)`` cycles of the token's first and last input beat (None while unknown);
+    ``room(t)``: the cycle its input may start (a skip FIFO's room; None while unknown);
+    ``taken(t)``: the cycle the next stage took the token's first word."""
+
+    def __init__(self, config, d, arrival, room, taken):
+        self.d, self.stats = d, layernorm_stats_cycles(config)
+        self.word = config.bitmap_word
+        self.arrival, self.room, self.taken = arrival, room, taken
+        self.done = {}
+
+    def writer_done(self, t):
+        if t < 0:
+            return 0
+        if t not in self.done:
+            arr, room = self.arrival(t), self.room(t)
+            if arr is None or room is None:
+                return None
+            slot = 0
+            if t >= 2:
+                took = self.taken(t - 2)
+                if took is None:
+                    return None
+                slot = took + self.d
+            prev = self.writer_done(t - 1)
+            if prev is None:
+                return None
+            first, last = arr
+            self.done[t] = max(max(first, prev, slot, room) + self.d, last + 1)
+        return self.done[t]
+
+    def ready(self, t):
+        """``(first, last)`` word of token ``t`` at the next stage's encoder."""
+        done = self.writer_done(t)
+        if done is None:
+            return None
+        first = done + self.stats + 8 + self.word - 1
+        return first, first + self.d - self.word
+
+
+def block_cycles(config, work):
+    """One block (:class:`hw.block.Block`) on one array: the six PE clients (four projections,
+    the predictor, attention) behind their result reserves, chained by the block's dataflow:
+    LayerNorm before ``qkv`` and ``fc1``, the sequence gate and the attention skip before
+    ``ln1``, the predictor's keep selection before attention, the transposing buffer before
+    ``proj`` (a sequence's tokens once all of it is out of attention), GELU before ``fc2``,
+    the MLP skip (``mlp_skip`` tokens between ``ln2`` and ``res2``)."""
+    att = work.attention
+    N, S = att.tokens, att.sequences
+    d = work.qkv.d_in
+    V, bw = config.lanes, config.bitmap_word
+    events = {}
+    ev = events.get
+    skip_tokens = work.attention_skip * config.max_tokens
+
+    def ln1_arrival(t):
+        s = t // N
+        if s < 2:
+            return 0, 0
+        rel = ev(("attention", "release", s - 2))
+        return None if rel is None else (rel + 1, rel + 1)
+
+    def ln1_room(t):
+        if t < skip_tokens:
+            return 0
+        took = ev(("proj", "first", t - skip_tokens))
+        return None if took is None else took + RESIDUAL
+
+    ln1 = _LayerNormTiming(config, d, ln1_arrival, ln1_room, lambda t: ev(("qkv", "take", t)))
+
+    def ln2_arrival(t):
+        first, last = ev(("proj", "first", t)), ev(("proj", "out", t))
+        return None if last is None else (first + RESIDUAL, last + RESIDUAL)
+
+    def ln2_room(t):
+        if t < work.mlp_skip:
+            return 0
+        took = ev(("fc2", "first", t - work.mlp_skip))
+        return None if took is None else took + RESIDUAL
+
+    ln2 = _LayerNormTiming(config, d, ln2_arrival, ln2_room, lambda t: ev(("fc1", "take", t)))
+    transposed = {}
+
+    def proj_ready(t):
+        if t not in transposed:
+            done = ev(("attention", "seq_done", t // N))
+            prev = ev(("proj", "take", t - 1)) if t % N else 0
+            if done is None or prev is None:
+                return None
+            transposed[t] = max(done + TRANSPOSE, prev + d // V)
+        first = transposed[t] + bw // V - 1
+        return first, first + d // V - bw // V
+
+    def fc2_ready(t):
+        first, last = ev(("fc1", "first", t)), ev(("fc1", "out", t))
+        if last is None:
+            return None
+        return first + bw // V - 1 + ELEMENTWISE, last + ELEMENTWISE
+
+    def seq_full(s):
+        out = ev(("qkv", "out", (s + 1) * N - 1))
+        return None if out is None else out + 1 + KEY_REPORT
+
+    clients = {
+        "qkv": linear_client(config, work.qkv, events, name="qkv", token_ready=ln1.ready),
+        "predict": (predictor_client(config, att, events, seq_full=seq_full)
+                    if work.predict else iter(())),
+        "attention": attention_client(
+            config, att, events, seq_full=seq_full,
+            mask_ready=keep_select_masks(config, att, events) if work.predict else None),
+        "proj": linear_client(config, work.proj, events, name="proj", token_ready=proj_ready),
+        "fc1": linear_client(config, work.fc1, events, name="fc1", token_ready=ln2.ready),
+        "fc2": linear_client(config, work.fc2, events, name="fc2", token_ready=fc2_ready),
+    }
+    busy, accs, _ = ArraySchedule(config, clients, reserve=True).run()
+    return Result(events[("fc2", "out", N * S - 1)] + BLOCK_TAIL, busy, accs, events)

@@ -41,6 +41,7 @@ from amaranth.lib.wiring import In, Out
 from golden import contract
 from hw import arith
 from hw.arith import bits_for, log2_exact
+from hw.cycles import layernorm_stats_cycles
 from hw.engine import (LAYER, Engine, EngineRegisters, Setting, finish_on_tokens, layer_part,
                        token_width)
 from hw.linear_engine import activation_layout
@@ -67,13 +68,9 @@ REGISTERS = EngineRegisters(
 
 
 def ln_widths(config):
-    """Bit widths of the statistics for tokens of up to ``max_d`` RESID values:
-    ``{"total", "sumsq", "var", "root", "recip", "centred"}`` (signed: total, centred)."""
-    d = config.max_d
-    x = -contract.RESID.min                   # largest |x|
-    return {"total": (d * x).bit_length() + 1, "sumsq": (d * x * x).bit_length(),
-            "var": (d * d * x * x).bit_length(), "root": ((d * d * x * x).bit_length() + 1) // 2,
-            "recip": contract.LN_RECIP_BITS + 1, "centred": (2 * d * x).bit_length() + 1}
+    """Bit widths of the statistics for tokens of up to ``max_d`` RESID values
+    (:func:`golden.contract.layernorm_widths`)."""
+    return contract.layernorm_widths(config.max_d)
 
 
 def ln_param_layout(config):
@@ -162,10 +159,9 @@ class RowStats(wiring.Component):
         return m
 
 
-def stats_cycles(config):
-    """Cycles of :class:`RowStats` from its input handshake to its output being valid."""
-    w = ln_widths(config)
-    return 1 + w["root"] + 1 + w["recip"]
+#: Cycles of :class:`RowStats` from its input handshake to its output being valid (the cycle
+#: model's :func:`hw.cycles.layernorm_stats_cycles`).
+stats_cycles = layernorm_stats_cycles
 
 
 class LayerNorm(Engine):

@@ -18,6 +18,7 @@ from golden import contract, qtorch
 from golden.intvidt import Tokens
 from golden.sparse import SparseExecution
 from golden.subvector import SubvectorAttention
+from hw import cycles
 from hw.block import PROJECTIONS
 from hw.layernorm import ln_param_words
 from sim.attention_job import Sequence, attention_job
@@ -91,6 +92,17 @@ class BlockJob:
         """Beats of every loading stream (weights, channel constants, LayerNorm parameters,
         GELU table) the setup sends: one a cycle on the hardware."""
         return sum(len(step[2]) for step in self.setup if step[0] == "load")
+
+    @property
+    def work(self):
+        """The cycle model's workload (:class:`hw.cycles.BlockWork`)."""
+        return cycles.BlockWork(**{p: self.linear[p].work for p in PROJECTIONS},
+                                attention=self.attention.work, predict=self.predictor.busy > 0)
+
+    @property
+    def predicted_cycles(self):
+        """The cycle model's ``cycles`` of this block (the last stage's counter)."""
+        return cycles.block_cycles(self.config, self.work).cycles
 
     def stage_ideal_cycles(self):
         """Ideal cycles of every PE client: its performed MACs over the array's MACs per
