@@ -404,3 +404,14 @@ def gelu_table(in_scale, out_scale, out=ACT):
         return 0.5 * v * (1.0 + math.erf(v / math.sqrt(2.0)))
     return tuple(out.saturate(math.floor(gelu(x * in_scale) / out_scale + 0.5))
                  for x in range(ACT.min, ACT.max + 1))
+
+
+def keep_count(n, rho):
+    """Units (columns, key sub-vectors) kept of ``n`` at keep ratio ``rho``:
+    ``min(n, max(1, ceil(rho * n)))`` (``n = 0`` gives 0); the sub-vector policy
+    (:meth:`golden.subvector.SubvectorAttention.keep`) and the predictor's ``keep`` register."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise ValueError("Column count must be a non-negative integer, not {!r}".format(n))
+    if not 0 < rho <= 1:
+        raise ValueError("Keep ratio must be in (0, 1], not {!r}".format(rho))
+    return min(n, max(1, math.ceil(rho * n)))

@@ -27,11 +27,10 @@ at least one key, so no softmax row is empty.
 
 from __future__ import annotations
 
-import math
 
 import torch
 
-from golden import qtorch
+from golden import contract, qtorch
 from golden.intvidt import int_matmul
 
 __all__ = ["GRANULARITIES", "SubvectorAttention", "column_masks"]
@@ -99,7 +98,7 @@ class SubvectorAttention:
         n = q.shape[-2]
         pred, (gq, gk), macs = self.predict(q, k)
         units = pred.shape[-1]
-        kept = min(units, max(1, math.ceil(self.rho * units)))
+        kept = contract.keep_count(units, self.rho)
         # Stable descending order: ties go to the lower key unit.
         order = torch.sort(pred, dim=-1, descending=True, stable=True).indices[..., :kept]
         unit_mask = torch.zeros_like(pred, dtype=torch.bool).scatter_(-1, order, True)

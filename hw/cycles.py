@@ -49,9 +49,11 @@ from dataclasses import dataclass, field
 
 from golden import contract
 
-__all__ = ["TOLERANCE", "LinearWork", "AttentionWork", "Result", "ArraySchedule",
-           "linear_client", "attention_client", "linear_cycles", "attention_cycles",
-           "run_through_cycles", "ideal_linear_macs", "ideal_attention_macs"]
+__all__ = ["TOLERANCE", "LinearWork", "AttentionWork", "BlockWork", "BlockSparsity", "Result",
+           "ArraySchedule", "linear_client", "attention_client", "predictor_client",
+           "keep_select_masks", "linear_cycles", "attention_cycles", "run_through_cycles",
+           "block_cycles", "block_work", "model_cycles", "block_macs", "ideal_linear_macs",
+           "ideal_attention_macs", "layernorm_stats_cycles"]
 
 #: The largest relative error of a prediction against the RTL that ``make bench`` accepts.
 TOLERANCE = 0.03
@@ -249,6 +251,21 @@ class Result:
         return sum(self.busy.values())
 
 
+class _Array:
+    """The state of one PE array: its configuration, clients and schedule so far."""
+
+    def __init__(self, config, names):
+        self.config, self.names = config, list(names)
+        groups = config.lanes // config.requant_lanes
+        self.drain = config.rows * groups           # output bank: a group of lanes a cycle
+        self.out = config.requant_steps + 2         # requantiser, row assembly, o register
+        self.row_step = groups
+        self.t = 0                                  # next free issue cycle
+        self.drain_end = -10 ** 9                   # the bank has drained the last accumulation
+        self.last_close = -10 ** 9
+        self.last_grant = len(self.names) - 1
+
+
 class ArraySchedule:
     """The PE array and its arbiter, accumulation by accumulation.
 
@@ -256,71 +273,90 @@ class ArraySchedule:
     order and receives a :class:`Grant` for each. ``reserve``: every client sits behind a
     :class:`hw.pipeline.ResultReserve` (a pipeline with more than one client): its rows never
     hold the array, and the client opens an accumulation only once the rows of its
-    accumulation before the previous one have been taken."""
+    accumulation before the previous one have been taken.
 
-    def __init__(self, config, clients, *, reserve=None):
-        self.config = config
+    ``arrays`` (optional) maps each client to one of several arrays, ``{client: (array,
+    config)}``: each array runs its own clients (a design with separate engines); the arrays
+    advance together, so that a client on one can wait on events of another. Default: one
+    array of ``config``."""
+
+    def __init__(self, config, clients, *, reserve=None, arrays=None):
         self.clients = dict(clients)
         self.reserve = len(self.clients) > 1 if reserve is None else reserve
-        groups = config.lanes // config.requant_lanes
-        self.drain = config.rows * groups           # output bank: a group of lanes a cycle
-        self.out = config.requant_steps + 2         # requantiser, row assembly, o register
-        self.row_step = groups
-        self.events = {}
+        arrays = arrays or {n: ("array", config) for n in self.clients}
+        self.arrays = {}
+        for n in self.clients:
+            key, cfg = arrays[n]
+            if key not in self.arrays:
+                self.arrays[key] = _Array(cfg, [])
+            self.arrays[key].names.append(n)
+            self.arrays[key].last_grant = len(self.arrays[key].names) - 1
+        self.array_of = {n: self.arrays[arrays[n][0]] for n in self.clients}
+
+    def _candidate(self, arr, pending, history):
+        """``(cycle, client)``: the next grant of ``arr``, or None if no client of it is
+        ready."""
+        ready = {}
+        for n in arr.names:
+            if n not in pending:
+                continue
+            acc = pending[n]
+            r = acc.ready() if callable(acc.ready) else acc.ready
+            if r is None:
+                continue
+            if self.reserve and len(history[n]) >= 2:
+                r = max(r, history[n][-2].last_row + 1)
+            ready[n] = r
+        if not ready:
+            return None
+        now = max(arr.t, min(ready.values()))
+        k = len(arr.names)
+        order = [arr.names[(arr.last_grant + i) % k] for i in range(1, k + 1)]
+        return now, next(c for c in order if c in ready and ready[c] <= now)
+
+    def _grant(self, arr, n, acc, start):
+        end = max(start + acc.beats - 1, arr.drain_end - PIPE + CLOSE_GAP, arr.last_close + 1)
+        drain_start = max(end + PIPE, arr.drain_end)
+        if not self.reserve:
+            # Rows the client cannot take yet stay in the output path and the bank.
+            drain_start = max(drain_start, acc.accept - arr.out - 1)
+        arr.drain_end = drain_start + arr.drain
+        first = drain_start + arr.row_step - 1 + arr.out
+        last = drain_start + arr.drain - 1 + arr.out
+        if self.reserve:
+            first, last = first + 1, last + 1          # the reserve's FIFO
+        first = max(first, acc.accept)
+        last = max(last, first + arr.config.rows - 1)
+        arr.last_close = end
+        arr.t = end + 1
+        arr.last_grant = arr.names.index(n)
+        return Grant(start, end, first, last)
 
     def run(self):
-        R = self.config.rows
-        names = list(self.clients)
-        gens = {n: self.clients[n] for n in names}
+        """Runs every client to its end: ``(busy, accumulations, grants)`` per client."""
+        gens = self.clients
         pending = {}
-        for n in names:
+        for n, gen in gens.items():
             try:
-                pending[n] = next(gens[n])
+                pending[n] = next(gen)
             except StopIteration:
                 pass
-        history = {n: [] for n in names}
-        busy = {n: 0 for n in names}
-        t = 0                    # next free issue cycle
-        drain_end = -10 ** 9     # cycle the bank finishes draining the last accumulation
-        last_close = -10 ** 9
-        last_grant = len(names) - 1
+        history = {n: [] for n in gens}
+        busy = {n: 0 for n in gens}
         while pending:
-            ready = {}
-            for n, acc in pending.items():
-                r = acc.ready() if callable(acc.ready) else acc.ready
-                if r is None:
-                    continue
-                if self.reserve and len(history[n]) >= 2:
-                    r = max(r, history[n][-2].last_row + 1)
-                ready[n] = r
-            if not ready:
+            best = None
+            for arr in self.arrays.values():
+                cand = self._candidate(arr, pending, history)
+                if cand is not None and (best is None or cand[0] < best[0]):
+                    best = cand + (arr,)
+            if best is None:
                 raise RuntimeError("cycle model deadlock: clients {} wait on each other"
                                    .format(", ".join(sorted(pending))))
-            now = max(t, min(ready.values()))
-            order = [names[(last_grant + k) % len(names)] for k in range(1, len(names) + 1)]
-            n = next(c for c in order if c in ready and ready[c] <= now)
+            now, n, arr = best
             acc = pending[n]
-            start = now
-            # The closing beat waits until the bank has drained the previous accumulation.
-            end = max(start + acc.beats - 1, drain_end - PIPE + CLOSE_GAP,
-                      last_close + 1)
-            drain_start = max(end + PIPE, drain_end)
-            if not self.reserve:
-                # Rows the client cannot take yet stay in the output path and the bank.
-                drain_start = max(drain_start, acc.accept - self.out - 1)
-            drain_end = drain_start + self.drain
-            first = drain_start + self.row_step - 1 + self.out
-            last = drain_start + self.drain - 1 + self.out
-            if self.reserve:
-                first, last = first + 1, last + 1          # the reserve's FIFO
-            first = max(first, acc.accept)
-            last = max(last, first + R - 1)
-            grant = Grant(start, end, first, last)
+            grant = self._grant(arr, n, acc, now)
             history[n].append(grant)
             busy[n] += acc.beats
-            last_close = end
-            t = end + 1
-            last_grant = names.index(n)
             try:
                 pending[n] = gens[n].send(grant)
             except StopIteration:
@@ -586,6 +622,8 @@ def run_through_cycles(config, linear, attention):
     return Result(events[("attention", "done")], busy, accs, events)
 
 
+#: The block's projection clients (hw.block.PROJECTIONS).
+PROJECTION_CLIENTS = ("qkv", "proj", "fc1", "fc2")
 #: The element-wise stages between two projections: GELU's table read and the packing into
 #: token beats (hw.gelu, hw.to_tokens: a cycle each).
 ELEMENTWISE = 2
@@ -653,13 +691,17 @@ class _LayerNormTiming:
         return first, first + self.d - self.word
 
 
-def block_cycles(config, work):
+def block_cycles(config, work, *, split=None):
     """One block (:class:`hw.block.Block`) on one array: the six PE clients (four projections,
     the predictor, attention) behind their result reserves, chained by the block's dataflow:
     LayerNorm before ``qkv`` and ``fc1``, the sequence gate and the attention skip before
     ``ln1``, the predictor's keep selection before attention, the transposing buffer before
     ``proj`` (a sequence's tokens once all of it is out of attention), GELU before ``fc2``,
-    the MLP skip (``mlp_skip`` tokens between ``ln2`` and ``res2``)."""
+    the MLP skip (``mlp_skip`` tokens between ``ln2`` and ``res2``).
+
+    ``split``: ``(linear_rows, attention_rows)`` models a design with two arrays instead of
+    one (the split-engine baseline): the projections on an array of ``linear_rows`` rows, the
+    predictor and attention on one of ``attention_rows``, both of ``config``'s lanes."""
     att = work.attention
     N, S = att.tokens, att.sequences
     d = work.qkv.d_in
@@ -716,16 +758,121 @@ def block_cycles(config, work):
         out = ev(("qkv", "out", (s + 1) * N - 1))
         return None if out is None else out + 1 + KEY_REPORT
 
+    lin_cfg = att_cfg = config
+    arrays = None
+    if split is not None:
+        lin_cfg, att_cfg = (config.replace(rows=r) for r in split)
+        arrays = {**{n: ("linear", lin_cfg) for n in PROJECTION_CLIENTS},
+                  "predict": ("attention", att_cfg), "attention": ("attention", att_cfg)}
     clients = {
-        "qkv": linear_client(config, work.qkv, events, name="qkv", token_ready=ln1.ready),
-        "predict": (predictor_client(config, att, events, seq_full=seq_full)
+        "qkv": linear_client(lin_cfg, work.qkv, events, name="qkv", token_ready=ln1.ready),
+        "predict": (predictor_client(att_cfg, att, events, seq_full=seq_full)
                     if work.predict else iter(())),
         "attention": attention_client(
-            config, att, events, seq_full=seq_full,
-            mask_ready=keep_select_masks(config, att, events) if work.predict else None),
-        "proj": linear_client(config, work.proj, events, name="proj", token_ready=proj_ready),
-        "fc1": linear_client(config, work.fc1, events, name="fc1", token_ready=ln2.ready),
-        "fc2": linear_client(config, work.fc2, events, name="fc2", token_ready=fc2_ready),
+            att_cfg, att, events, seq_full=seq_full,
+            mask_ready=keep_select_masks(att_cfg, att, events) if work.predict else None),
+        "proj": linear_client(lin_cfg, work.proj, events, name="proj", token_ready=proj_ready),
+        "fc1": linear_client(lin_cfg, work.fc1, events, name="fc1", token_ready=ln2.ready),
+        "fc2": linear_client(lin_cfg, work.fc2, events, name="fc2", token_ready=fc2_ready),
     }
-    busy, accs, _ = ArraySchedule(config, clients, reserve=True).run()
+    busy, accs, _ = ArraySchedule(config, clients, reserve=True, arrays=arrays).run()
     return Result(events[("fc2", "out", N * S - 1)] + BLOCK_TAIL, busy, accs, events)
+
+
+# --- The latency oracle: a model's blocks from their sparsity. --------------------------------
+
+
+@dataclass(frozen=True)
+class BlockSparsity:
+    """What a block of a model computes, in the terms a sparsity search chooses:
+
+    ``tokens`` entering the block (after token pruning), ``dense_tokens`` of them without a
+    delta reference (run dense: the first frame, or tokens pruning revealed), ``sent[layer]``
+    the fraction of its inputs a delta token sends for each of ``qkv``, ``proj``, ``fc1``,
+    ``fc2`` (missing: 1, dense), ``rho`` the attention keep ratio (1: dense attention, no
+    predictor), ``sequences`` the attention sequences the tokens form (``tokens`` a multiple
+    of it)."""
+    tokens: int
+    sent: dict = field(default_factory=dict)
+    dense_tokens: int = 0
+    rho: float = 1.0
+    sequences: int = 1
+
+    def __post_init__(self):
+        if not isinstance(self.tokens, int) or self.tokens < 1 or self.tokens % self.sequences:
+            raise ValueError("tokens must be a positive multiple of sequences ({}), not {!r}"
+                             .format(self.sequences, self.tokens))
+        if not 0 <= self.dense_tokens <= self.tokens:
+            raise ValueError("dense_tokens must be in 0 .. {}, not {!r}".format(
+                self.tokens, self.dense_tokens))
+        for name, f in self.sent.items():
+            if name not in ("qkv", "proj", "fc1", "fc2") or not 0 <= f <= 1:
+                raise ValueError("sent must map qkv, proj, fc1, fc2 to fractions in [0, 1], "
+                                 "not {!r}: {!r}".format(name, f))
+        if not 0 < self.rho <= 1:
+            raise ValueError("rho must be in (0, 1], not {!r}".format(self.rho))
+
+
+def block_work(config, sparsity, *, d, heads, mlp_ratio=4):
+    """The :class:`BlockWork` of a block of width ``d`` with ``heads`` heads from its
+    :class:`BlockSparsity`: every delta token of a layer sends ``round(sent x d_in)`` of its
+    inputs, spread evenly over the bitmap words (the spread of the counts between tokens is
+    not modelled), the dense tokens all of them; attention keeps ``keep_count(N, rho)``
+    columns in every query block."""
+    if d % heads or d % config.bitmap_word:
+        raise ValueError("d ({!r}) must be a multiple of heads ({!r}) and of bitmap_word ({!r})"
+                         .format(d, heads, config.bitmap_word))
+    sp = sparsity
+    shapes = {"qkv": (d, 3 * d), "proj": (d, d), "fc1": (d, mlp_ratio * d),
+              "fc2": (mlp_ratio * d, d)}
+    layers = {}
+    for name, (d_in, d_out) in shapes.items():
+        n = round(sp.sent.get(name, 1.0) * d_in)
+        counts = [d_in] * sp.dense_tokens + [n] * (sp.tokens - sp.dense_tokens)
+        layers[name] = LinearWork.from_counts(counts, d_in, d_out, config.bitmap_word)
+    n = sp.tokens // sp.sequences
+    keep = contract.keep_count(n, sp.rho)
+    att = AttentionWork.uniform(n, heads, d // heads, config.lanes, keep, sp.sequences)
+    return BlockWork(**layers, attention=att, predict=keep < n)
+
+
+def model_cycles(config, blocks, *, d, heads, mlp_ratio=4, embed_in=None, classes=None,
+                 split=None):
+    """Cycles of a whole model, one pass per block (the array drains between passes, as
+    :mod:`hw.model` runs it): ``blocks`` a sequence of :class:`BlockSparsity`; ``embed_in``
+    the tubelet width (a dense embedding before block 0; None: none), ``classes`` the head's
+    outputs (one pooled token, dense; None: none). ``split``: see :func:`block_cycles`.
+
+    Returns ``{"cycles", "blocks": [Result], "embed", "head", "busy", "macs"}``: the latency
+    oracle of a sparsity search (the cycles of each block as its sparsity changes)."""
+    out = {"blocks": [], "embed": 0, "head": 0, "busy": 0, "macs": 0}
+    for sp in blocks:
+        work = block_work(config, sp, d=d, heads=heads, mlp_ratio=mlp_ratio)
+        res = block_cycles(config, work, split=split)
+        out["blocks"].append(res)
+        out["busy"] += res.array_busy
+        out["macs"] += block_macs(config, work)
+    if embed_in is not None:
+        work = LinearWork.dense(blocks[0].tokens, embed_in, d, config.bitmap_word)
+        res = linear_cycles(config, work)
+        out["embed"], out["busy"] = res.cycles, out["busy"] + res.array_busy
+        out["macs"] += ideal_linear_macs(work)
+    if classes is not None:
+        work = LinearWork.dense(1, d, classes, config.bitmap_word)
+        res = linear_cycles(config, work)
+        out["head"], out["busy"] = res.cycles, out["busy"] + res.array_busy
+        out["macs"] += ideal_linear_macs(work)
+    out["cycles"] = sum(r.cycles for r in out["blocks"]) + out["embed"] + out["head"]
+    return out
+
+
+def block_macs(config, work):
+    """Performed MACs of a block: the four projections, attention, and the predictor's
+    ``ceil(N / lanes) x N x head_dim`` per head (when it runs)."""
+    att = work.attention
+    macs = sum(ideal_linear_macs(w) for w in work.layers.values())
+    macs += ideal_attention_macs(att, config.lanes)
+    if work.predict:
+        macs += att.sequences * att.heads * _ceil(att.tokens, config.lanes) * att.tokens \
+            * att.head_dim
+    return macs

@@ -49,13 +49,12 @@ Memory: a buffer of ``ceil(max_tokens / lanes)`` words of ``lanes`` scores
 of ``max_tokens`` (rounded up to ``lanes``) bits and a few counters.
 """
 
-import math
-
 from amaranth.hdl import Cat, Module, Mux, Shape, Signal, Value, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from golden import contract
 from hw import arith
 from hw.arith import bits_for, log2_exact
 from hw.subvector_decoder import subvector_mask_layout
@@ -63,14 +62,9 @@ from hw.subvector_decoder import subvector_mask_layout
 __all__ = ["keep_count", "keep_score_layout", "keep_mask_layout", "KeepSelect"]
 
 
-def keep_count(n, rho):
-    """Columns kept of ``n`` at keep ratio ``rho``: ``min(n, max(1, ceil(rho * n)))``, the
-    formula of :meth:`golden.subvector.SubvectorAttention.keep` (``n = 0`` gives 0)."""
-    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-        raise ValueError("Column count must be a non-negative integer, not {!r}".format(n))
-    if not 0 < rho <= 1:
-        raise ValueError("Keep ratio must be in (0, 1], not {!r}".format(rho))
-    return min(n, max(1, math.ceil(rho * n)))
+#: Columns kept of ``n`` at keep ratio ``rho`` (:func:`golden.contract.keep_count`, the host
+#: computes the ``keep`` register with it).
+keep_count = contract.keep_count
 
 
 def _score_shape(config, score_shape):

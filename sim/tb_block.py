@@ -95,6 +95,7 @@ async def block_matches_golden(dut):
         results.append(dict(job=blk_job.name, ideal_cycles=blk_job.ideal_cycles,
                             load_beats=blk_job.load_beats,
                             stage_ideal_cycles=blk_job.stage_ideal_cycles(),
+                            predicted_cycles=blk_job.predicted_cycles,
                             counters=res["counters"]))
     if env["results"]:
         with open(env["results"], "w") as f:
