@@ -68,6 +68,10 @@ CLOSE_GAP = 1
 #: Cycles from a token's last word at the delta encoder to its first beat at the array: encoder
 #: (2 to the bitmap word, 3 to the first values), decoder, pair-buffer write, feeder S0 .. S2.
 LINEAR_FILL = 7
+#: Cycles from the delta encoder taking a token's first word to the decoder writing its first
+#: pair into the pair buffer (of LINEAR_FILL). Calibrated: tokens of one bitmap word and one
+#: output chunk then follow each other as the RTL's do (tests/test_cycles.py).
+PAIR_WRITE = 2
 #: Output stage of the linear engine: O0 (reference read), O1 (y = y_ref + acc), O2
 #: (requantise) -> ``o``.
 LINEAR_OUT = 3
@@ -397,8 +401,9 @@ def linear_client(config, work, events, *, name="linear", token_ready=None):
                 if arrive is None:
                     return None
                 first, last = arrive if isinstance(arrive, tuple) else (arrive, None)
-                # The pair buffer's slot of token t is free once the feeder left t - 2.
-                slot = feed_start[t - 1] - 2 if t >= 1 else 0
+                # The pair buffer's slot of token t is free once the feeder left t - 2; it
+                # gates the decoder's writes, PAIR_WRITE cycles after the encoder's input.
+                slot = feed_start[t - 1] - 2 - PAIR_WRITE if t >= 1 else 0
                 start = max(enc_end, first, slot)
                 end = start + _encoder_cycles(config, words)
                 if last is not None:

@@ -6,7 +6,7 @@ What it runs, all from the model (``make bench`` checks the model against the RT
 
 * **Workloads** (:data:`WORKLOADS`): a VideoMAE-B-like model (d = 768, 12 heads, 12 blocks,
   MLP 4 d, tubelet embedding of 2 x 16 x 16 x 3 = 1536 inputs, 400 classes) and a ViT-S-like
-  one (d = 384, 6 heads), on 8 temporal positions of 49 .. 196 spatial tokens: 392 .. 1568
+  one (d = 384, 6 heads), on 8 temporal positions of 49, 98 or 196 spatial tokens: 392, 784, 1568
   tokens a clip (16 x 224^2 with 2 x 16 x 16 tubelets is 1568), attention over the whole clip.
 * **Sparsity** measured on the benchmark model (:func:`measure`): ``golden`` on
   :data:`STAT_CLIPS` clips of the *validation* split at the bench's operating point (delta
@@ -54,7 +54,7 @@ WORKLOADS = {
 }
 #: Spatial positions per frame; 8 frames (temporal positions) a clip.
 FRAMES = 8
-POSITIONS = (49, 98, 147, 196)
+POSITIONS = (49, 98, 196)
 #: The benchmark's operating point the statistics come from (``make bench``'s blocks).
 TAU, STA_R, STA_POSITIONS = 4, 8, 49
 RHOS = (0.25, 0.5, 0.75)
@@ -63,6 +63,9 @@ STAT_CLIPS = 16
 CLOCK_MHZ = 200
 #: Rows x lanes at the ``large`` preset's 512 MACs a cycle.
 SHAPES = ((64, 8), (32, 16), (16, 32), (8, 64))
+#: Clips in flight in the split comparison: one (latency: a block's phases one after the other)
+#: and two (throughput: one clip's attention beside the other's projections).
+CLIPS = (1, 2)
 
 
 def _progress(done, total, t0, what):
@@ -106,10 +109,11 @@ def hardware(name, wl, tokens):
                         name=name)
 
 
-def model_blocks(stats, wl, positions, mode, rho):
+def model_blocks(stats, wl, positions, mode, rho, clips=1):
     """The :class:`hw.cycles.BlockSparsity` of every block of ``wl`` at ``positions`` spatial
-    tokens a frame. ``mode``: ``dense``, ``delta`` (delta projections), ``delta_sv`` (and
-    sub-vector attention at ``rho``), ``all`` (and STA)."""
+    tokens a frame, ``clips`` clips in flight (one attention sequence each, one after the
+    other through every pass). ``mode``: ``dense``, ``delta`` (delta projections),
+    ``delta_sv`` (and sub-vector attention at ``rho``), ``all`` (and STA)."""
     from golden.sta import STAPruner
     n0 = FRAMES * positions
     depth = wl["depth"]
@@ -122,11 +126,11 @@ def model_blocks(stats, wl, positions, mode, rho):
     for i, n in enumerate(tokens):
         st = stats["blocks"][i * stats["depth"] // depth]
         if mode == "dense":
-            out.append(cycles.BlockSparsity(n))
+            out.append(cycles.BlockSparsity(n * clips, sequences=clips))
             continue
         out.append(cycles.BlockSparsity(
-            n, dict(st["sent"]), dense_tokens=min(n, round(st["dense"] * n)),
-            rho=1.0 if mode == "delta" else rho))
+            n * clips, dict(st["sent"]), dense_tokens=clips * min(n, round(st["dense"] * n)),
+            rho=1.0 if mode == "delta" else rho, sequences=clips))
     return out
 
 
@@ -136,17 +140,21 @@ def evaluate(point):
     wl = WORKLOADS[point["workload"]]
     tokens = FRAMES * point["positions"]
     cfg = hardware(point["hw"], wl, tokens)
-    blocks = model_blocks(point["stats"], wl, point["positions"], point["mode"], point["rho"])
+    clips = point.get("clips", 1)
+    blocks = model_blocks(point["stats"], wl, point["positions"], point["mode"], point["rho"],
+                          clips)
     split = point.get("split")
     res = cycles.model_cycles(cfg, blocks, d=wl["d"], heads=wl["heads"],
                               mlp_ratio=wl["mlp_ratio"], embed_in=wl["embed_in"],
                               classes=wl["classes"], split=split)
     macs_per_cycle = cfg.macs_per_cycle
     out = {k: v for k, v in point.items() if k != "stats"}
-    out.update(tokens=tokens, cycles=res["cycles"], busy=res["busy"], macs=res["macs"],
+    # Figures per clip: a pass with several clips in flight counts its cycles once for all.
+    out.update(tokens=tokens, cycles=res["cycles"] // clips, busy=res["busy"] // clips,
+               macs=res["macs"] // clips,
                macs_per_cycle=macs_per_cycle, array_utilisation=res["busy"] / res["cycles"],
                mac_utilisation=res["macs"] / (res["cycles"] * macs_per_cycle),
-               ms_per_clip=res["cycles"] / (CLOCK_MHZ * 1e3),
+               ms_per_clip=res["cycles"] / clips / (CLOCK_MHZ * 1e3),
                block_cycles=[b.cycles for b in res["blocks"]],
                attention_share=_attention_share(res))
     if split is not None:
@@ -207,16 +215,16 @@ def markdown(report):
               "Split: the projections on one array, predictor and attention on another, the "
               "same 32 rows x 16 lanes in all; sized at a design token count by the "
               "attention share of the busy beats there, or the best split found per token "
-              "count (rows in steps of 4).", "",
-              "| tokens | shared | " + " | ".join(
+              "count (rows in steps of 8). Cycles per clip.", "",
+              "| tokens | clips in flight | shared | " + " | ".join(
                   "split sized at {} ({} + {} rows)".format(t, 32 - a, a)
                   for t, a in m["split_sizes"]) + " | best split | shared speed-up over "
-              "each |", "|---:|---:|" + "---:|" * (len(m["split_sizes"]) + 2)]
+              "each |", "|---:|---:|---:|" + "---:|" * (len(m["split_sizes"]) + 2)]
     for r in report["splits"]:
         sized = " | ".join("{:,}".format(c) for c in r["sized"])
         gains = ", ".join("{:.2f}x".format(g) for g in r["gains"])
-        lines.append("| {} | {:,} | {} | {:,} ({} + {}) | {} |".format(
-            r["tokens"], r["shared"], sized, r["best"], 32 - r["best_rows"], r["best_rows"],
+        lines.append("| {} | {} | {:,} | {} | {:,} ({} + {}) | {} |".format(
+            r["tokens"], r["clips"], r["shared"], sized, r["best"], 32 - r["best_rows"], r["best_rows"],
             gains))
     lines += ["", m["verdict"], ""]
     return "\n".join(lines)
@@ -226,22 +234,26 @@ def plot(report, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    s = report["splits"]
-    toks = [r["tokens"] for r in s]
     f = CLOCK_MHZ * 1e6
-    ax.plot(toks, [f / r["shared"] for r in s], "o-", color="tab:red", label="one shared array")
-    for k, (t, a) in enumerate(report["meta"]["split_sizes"]):
-        ax.plot(toks, [f / r["sized"][k] for r in s], "s--",
-                label="split, sized at {} tokens ({} + {} rows)".format(t, 32 - a, a))
-    ax.plot(toks, [f / r["best"] for r in s], ":", color="grey",
-            label="split, best per token count (oracle)")
-    ax.set_xlabel("tokens per clip (8 frames)")
-    ax.set_ylabel("clips / s at {} MHz".format(CLOCK_MHZ))
-    ax.set_yscale("log")
-    ax.set_title("VideoMAE-B-like, 32 x 16 PEs, delta + STA + sub-vector")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, len(CLIPS), figsize=(11, 4.2), sharey=True)
+    for ax, c in zip(axes, CLIPS):
+        s = [r for r in report["splits"] if r["clips"] == c]
+        toks = [r["tokens"] for r in s]
+        ax.plot(toks, [f / r["shared"] for r in s], "o-", color="tab:red",
+                label="one shared array (run-through)")
+        for k, (t, a) in enumerate(report["meta"]["split_sizes"]):
+            ax.plot(toks, [f / r["sized"][k] for r in s], "s--",
+                    label="split, sized at {} tokens ({} + {} rows)".format(t, 32 - a, a))
+        ax.plot(toks, [f / r["best"] for r in s], "^:", color="grey",
+                label="split, best per token count (oracle)")
+        ax.set_xlabel("tokens per clip (8 frames)")
+        ax.set_title("{} clip{} in flight".format(c, "s" if c > 1 else ""))
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("clips / s at {} MHz (assumed)".format(CLOCK_MHZ))
+    axes[0].legend(fontsize=8)
+    fig.suptitle("VideoMAE-B-like on 32 x 16 PEs: delta + STA + sub-vector (rho = {})"
+                 .format(report["meta"]["rho"]))
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
@@ -258,7 +270,7 @@ def main(argv=None):
     print("cycles: sparsity statistics of the benchmark model ({} validation clips) ..."
           .format(STAT_CLIPS), flush=True)
     stats = measure()
-    positions = POSITIONS[::3] if args.quick else POSITIONS
+    positions = POSITIONS[::2] if args.quick else POSITIONS
 
     def pt(wl, hw, p, mode, rho=args.rho, **kw):
         return dict(workload=wl, hw=hw, positions=p, mode=mode, rho=rho, stats=stats, **kw)
@@ -291,26 +303,40 @@ def main(argv=None):
     rows = preset("large").rows
     design = [positions[0], positions[-1]]
     sizes = [(FRAMES * p, split_rows(rows, shared[p]["attention_share"])) for p in design]
-    search = list(range(4, rows, 4))
-    split_pts = [pt("videomae_b", "large", p, "all", split=(rows - a, a))
-                 for p in positions for a in sorted({a for _, a in sizes} | set(search))]
+    search = list(range(8, rows, 8))
+    split_pts = [pt("videomae_b", "large", p, "all", split=(rows - a, a), clips=c)
+                 for c in CLIPS for p in positions
+                 for a in sorted({a for _, a in sizes} | set(search))]
+    split_pts += [pt("videomae_b", "large", p, "all", clips=c) for c in CLIPS[1:]
+                  for p in positions]
     split_res = _run(split_pts, args.workers, t0, "split engines")
-    by = {(r["positions"], r["split"][1]): r["cycles"] for r in split_res}
+    by = {(r["clips"], r["positions"], (r.get("split") or (0, 0))[1]): r["cycles"]
+          for r in split_res}
+    by.update({(1, p, 0): shared[p]["cycles"] for p in positions})
     splits = []
-    for p in positions:
-        sized = [by[(p, a)] for _, a in sizes]
-        best_rows = min(search, key=lambda a: by[(p, a)])
-        best = by[(p, best_rows)]
-        sh = shared[p]["cycles"]
-        splits.append({"tokens": FRAMES * p, "shared": sh, "sized": sized, "best": best,
-                       "best_rows": best_rows, "gains": [c / sh for c in sized + [best]]})
-    lo, hi = splits[0], splits[-1]
+    for c in CLIPS:
+        for p in positions:
+            sized = [by[(c, p, a)] for _, a in sizes]
+            best_rows = min(search, key=lambda a: by[(c, p, a)])
+            best = by[(c, p, best_rows)]
+            sh = by[(c, p, 0)]
+            splits.append({"tokens": FRAMES * p, "clips": c, "shared": sh, "sized": sized,
+                           "best": best, "best_rows": best_rows,
+                           "gains": [x / sh for x in sized + [best]]})
+    one = [r for r in splits if r["clips"] == 1]
+    two = [r for r in splits if r["clips"] == CLIPS[-1]]
+    lo, hi = one[0], one[-1]
     verdict = ("The shared array against the split sized at {} tokens: {:.2f}x at {} tokens, "
                "{:.2f}x at {}; against the split sized at {}: {:.2f}x at {}, {:.2f}x at {}; "
                "against the best split per token count: {:.2f}x .. {:.2f}x.").format(
         sizes[0][0], lo["gains"][0], lo["tokens"], hi["gains"][0], hi["tokens"],
         sizes[-1][0], lo["gains"][-2], lo["tokens"], hi["gains"][-2], hi["tokens"],
-        min(r["gains"][-1] for r in splits), max(r["gains"][-1] for r in splits))
+        min(r["gains"][-1] for r in one), max(r["gains"][-1] for r in one))
+    verdict += (" With {} clips in flight (a clip's attention beside the next clip's "
+                "projections): {:.2f}x .. {:.2f}x against the split sized at {}, {:.2f}x .. "
+                "{:.2f}x against the best split.").format(
+        CLIPS[-1], min(r["gains"][0] for r in two), max(r["gains"][0] for r in two),
+        sizes[0][0], min(r["gains"][-1] for r in two), max(r["gains"][-1] for r in two))
     meta = {"stats": stats, "rho": args.rho, "clock_mhz": CLOCK_MHZ, "workloads": WORKLOADS,
             "shape_tokens": FRAMES * shape_p, "split_sizes": sizes, "verdict": verdict,
             "seconds": round(time.time() - t0, 1)}
