@@ -640,6 +640,14 @@ TRANSPOSE = 3
 #: From a sequence's last QKV beat leaving the projection to the predictor and the attention
 #: engine holding it: the key report's register (hw.sta_report).
 KEY_REPORT = 1
+#: From the embedding's output to ``ln1``: the positional add and the source select
+#: (hw.pos_add, hw.route: a cycle each).
+EMBED_OUT = 2
+#: The token buffer's first beat of a drain after START (hw.token_buffer).
+BUFFER_START = 2
+#: From the final LayerNorm's last element to the pooling unit having summed it (the head's
+#: select and the packer).
+POOL_IN = 2
 #: From the last projection's last output to the block's DONE: the residual add, the
 #: activation report and the counter (calibrated on ``make bench FULL=1``).
 BLOCK_TAIL = 4
@@ -707,20 +715,104 @@ def block_cycles(config, work, *, split=None):
     ``split``: ``(linear_rows, attention_rows)`` models a design with two arrays instead of
     one (the split-engine baseline): the projections on an array of ``linear_rows`` rows, the
     predictor and attention on one of ``attention_rows``, both of ``config``'s lanes."""
+    return pass_cycles(config, work, split=split)
+
+
+def pass_cycles(config, block=None, *, embed=None, head=None, pooled=None, split=None):
+    """One pass of the whole model (:mod:`hw.model`): the tubelet embedding ``embed`` (a dense
+    :class:`LinearWork`, pixels at full rate) before the block, or the block's tokens from the
+    token buffer at full rate; the ``block`` (:class:`BlockWork`; None: a head pass on the
+    buffer's ``pooled`` tokens); the head after it: the final LayerNorm over ``pooled`` tokens,
+    mean pooling (a divider, a channel a cycle, after the last token) and the classifier
+    ``head`` (a one-token :class:`LinearWork`). ``split``: see :func:`block_cycles`."""
+    events = {}
+    ev = events.get
+    V, bw = config.lanes, config.bitmap_word
+    clients, arrays = {}, {}
+    source = None
+    if embed is not None:
+        words = embed.d_in // bw
+
+        def pixels(t):
+            first = t * embed.d_in // V + bw // V - 1
+            return first, first + (words - 1) * bw // V
+
+        clients["embed"] = linear_client(config, embed, events, name="embed",
+                                         token_ready=pixels)
+        arrays["embed"] = ("linear", config)
+
+        def source(t):
+            first, last = ev(("embed", "first", t)), ev(("embed", "out", t))
+            return None if last is None else (first + EMBED_OUT, last + EMBED_OUT)
+
+    if block is not None:
+        block_clients, block_arrays = _block_clients(config, block, events, source, split)
+        clients.update(block_clients)
+        arrays.update(block_arrays)
+        tokens = block.qkv.tokens
+        d = block.qkv.d_in
+
+        def tail(t):
+            first, last = ev(("fc2", "first", t)), ev(("fc2", "out", t))
+            return None if last is None else (first + RESIDUAL, last + RESIDUAL)
+    else:
+        tokens, d = pooled, head.d_in
+
+        def tail(t):
+            first = BUFFER_START + t * d // V
+            return first, first + d // V - 1
+
+    if head is not None:
+        norm = _LayerNormTiming(config, d, tail, lambda t: 0, lambda t: norm_read(t))
+
+        def norm_read(t):
+            ready = norm.ready(t)
+            return None if ready is None else ready[0] - bw + 1
+
+        def pooled_token(t):
+            ready = norm.ready(pooled - 1)
+            if ready is None:
+                return None
+            last_in = ready[1] + bw - 1 + POOL_IN
+            return last_in + bw, last_in + d
+
+        clients["head"] = linear_client(config, head, events, name="head",
+                                        token_ready=pooled_token)
+        arrays["head"] = ("linear", config)
+    arrays = {n: arrays.get(n, ("linear", config)) for n in clients}
+    if split is None:
+        arrays = None
+    busy, accs, _ = ArraySchedule(config, clients, reserve=len(clients) > 1,
+                                  arrays=arrays).run()
+    if head is not None:
+        end = events[("head", "out", 0)] + LINEAR_TAIL
+    else:
+        end = events[("fc2", "out", tokens - 1)] + BLOCK_TAIL
+    return Result(end, busy, accs, events)
+
+
+def _block_clients(config, work, events, source, split):
+    """The block's six clients (see :func:`block_cycles`) and their arrays; ``source(t)``: the
+    ``(first, last)`` beat cycles of token ``t`` at ``ln1`` (None: the sequence gate's, a
+    source at full rate)."""
     att = work.attention
-    N, S = att.tokens, att.sequences
+    N = att.tokens
     d = work.qkv.d_in
     V, bw = config.lanes, config.bitmap_word
-    events = {}
     ev = events.get
     skip_tokens = work.attention_skip * config.max_tokens
 
     def ln1_arrival(t):
         s = t // N
         if s < 2:
-            return 0, 0
+            return (0, 0) if source is None else source(t)
         rel = ev(("attention", "release", s - 2))
-        return None if rel is None else (rel + 1, rel + 1)
+        if rel is None:
+            return None
+        if source is None:
+            return rel + 1, rel + 1
+        arr = source(t)
+        return None if arr is None else (max(arr[0], rel + 1), max(arr[1], rel + 1))
 
     def ln1_room(t):
         if t < skip_tokens:
@@ -780,8 +872,10 @@ def block_cycles(config, work, *, split=None):
         "fc1": linear_client(lin_cfg, work.fc1, events, name="fc1", token_ready=ln2.ready),
         "fc2": linear_client(lin_cfg, work.fc2, events, name="fc2", token_ready=fc2_ready),
     }
-    busy, accs, _ = ArraySchedule(config, clients, reserve=True, arrays=arrays).run()
-    return Result(events[("fc2", "out", N * S - 1)] + BLOCK_TAIL, busy, accs, events)
+    if arrays is None:
+        arrays = {n: ("linear", config) for n in clients}
+    return clients, arrays
+
 
 
 # --- The latency oracle: a model's blocks from their sparsity. --------------------------------

@@ -26,8 +26,12 @@ block adds a head pass), every output of every stage checked on the way (``sim.t
   host's selection time (``golden.sta.STAPruner``) is in none. The tokens themselves stay on
   chip, in the token buffer.
 
+Every pass also carries the cycle model's prediction (:func:`hw.cycles.pass_cycles`:
+``predicted_cycles``, ``model_error``), tabled against the measurement.
+
 The bench exits non-zero when a clip's logits differ from the golden model's (the testbench
-asserts it) or its predicted class differs from the golden model's.
+asserts it), its predicted class differs from the golden model's, or a pass's prediction misses
+:data:`hw.cycles.TOLERANCE`.
 
     python -m sim.bench_model [--clips 0,1] [--tau 4] [--rho 0.75] [--r 8]
 """
@@ -39,6 +43,7 @@ import time
 from pathlib import Path
 
 from hw.config import preset
+from sim.model_check import model_error, model_table
 from sim.runner import REPO, run_cocotb, write_report
 
 CLIENTS = ("embed", "qkv", "predict", "attention", "proj", "fc1", "fc2", "head")
@@ -62,6 +67,8 @@ def summarise(clip, res):
         tokens = c.get("select", c.get("head_select", {})).get("tokens_out")
         passes.append({"name": p["name"].rsplit("/", 1)[-1], "tokens": tokens,
                        "cycles": p["cycles"], "ideal_cycles": p["ideal_cycles"],
+                       "predicted_cycles": p["predicted_cycles"],
+                       "model_error": model_error(p["cycles"], p["predicted_cycles"]),
                        "cycles_over_ideal": p["cycles"] / p["ideal_cycles"],
                        "array_busy": busy / p["cycles"], "busy_cycles": busy,
                        "report_beats": p["host_out_beats"], "keep_beats": p["host_in_beats"],
@@ -110,7 +117,15 @@ def markdown(cfg, meta, rows):
                      "| {keep_beats} | {position_beats} |".format(**p))
     lines += ["", "Logits (chip = golden): " + "; ".join(
         "clip {}: {}".format(r["clip"], r["logits"]) for r in rows), ""]
-    return "\n".join(lines)
+    model, _ = model_check(rows)
+    return "\n".join(lines + model)
+
+
+def model_check(rows):
+    """The cycle model's table of every pass of every clip, and whether all are within
+    :data:`hw.cycles.TOLERANCE`."""
+    return model_table([("clip {} {}".format(r["clip"], p["name"]), p["cycles"],
+                         p["predicted_cycles"]) for r in rows for p in r["passes"]])
 
 
 def main(argv=None):
@@ -132,10 +147,12 @@ def main(argv=None):
               flush=True)
     ok = all(r["logits"] == r["golden_logits"] and r["predicted"] == r["golden_predicted"]
              for r in rows)
+    model_ok = model_check(rows)[1]
     meta = {"tau": args.tau, "rho": args.rho, "r": args.r, "preset": cfg.name,
-            "macs_per_cycle": cfg.macs_per_cycle, "bit_exact": ok}
+            "macs_per_cycle": cfg.macs_per_cycle, "bit_exact": ok,
+            "model_within_tolerance": model_ok}
     write_report(args.out, "model", {"clips": rows, **meta}, markdown(cfg, meta, rows), t0)
-    return 0 if ok else 1
+    return 0 if ok and model_ok else 1
 
 
 if __name__ == "__main__":

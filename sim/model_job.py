@@ -29,6 +29,7 @@ them (without pruning).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +38,7 @@ from golden.intvidt import Tokens
 from golden.sparse import SparseExecution
 from golden.sta import STAPruner
 from golden.subvector import SubvectorAttention
+from hw import cycles
 from hw.layernorm import ln_param_words
 from sim.block_job import activation_beats, block_job
 
@@ -232,6 +234,21 @@ class ModelJob:
                               counters=counters, done=started,
                               timeout=timeout or int(3 * self.ideal_cycles) + 50_000))
         return plans
+
+    def predicted_pass_cycles(self):
+        """The cycle model's cycles of every pass (:func:`hw.cycles.pass_cycles`), in the order
+        of :meth:`plans`."""
+        jobs = self.blocks.blocks
+        head_pass = bool(jobs[-1].reports)
+        out = []
+        for k, job in enumerate(jobs + ([None] if head_pass else [])):
+            head = k == len(jobs) - 1 + head_pass
+            work = None if job is None else dataclasses.replace(job.work, attention_skip=1)
+            out.append(cycles.pass_cycles(
+                self.config, work, embed=self.embed.work if k == 0 else None,
+                head=self.head.work if head else None,
+                pooled=self.pooled_tokens if head else None).cycles)
+        return out
 
     @property
     def _d(self):

@@ -70,6 +70,7 @@ async def model_matches_golden(dut):
     ideal = [b.ideal_cycles for b in blocks] + [0] * (len(plans) - len(blocks))
     ideal[0] += job.embed.ideal_cycles
     ideal[-1] += job.head.ideal_cycles
+    predicted = job.predicted_pass_cycles()
     passes = []
     for k, plan in enumerate(plans):
         res = await run_cocotb_plan(dut, top, plan, seed=env["seed"] + 1000 * k,
@@ -79,6 +80,7 @@ async def model_matches_golden(dut):
         cycles = res["counters"][plan.done[-1]]["cycles"]
         dut._log.info("%s: done, %s cycles", plan.name, cycles)
         passes.append(dict(name=plan.name, cycles=cycles, ideal_cycles=ideal[k],
+                           predicted_cycles=predicted[k],
                            counters=res["counters"],
                            host_in_beats=_loaded(plan, lambda port: port == KEEP_PORT),
                            position_beats=_loaded(plan, lambda port: port.endswith(".pos_load")),

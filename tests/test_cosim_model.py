@@ -6,8 +6,11 @@ attention, random stalls; the logits equal ``IntVidT.forward``'s, bit for bit, a
 stage's output and counters are checked on the way. (The benchmark model's clips, 392 tokens
 and 4 blocks, are a bench-scale run; see the README.)"""
 
+import json
+
 import pytest
 
+from hw import cycles
 from sim.runner import run_cocotb
 from tests.test_model import CFG, SEED
 
@@ -19,3 +22,19 @@ def test_model_on_a_tiny_clip_under_verilator():
                           "RTSA_RHO": "0.5", "RTSA_R": "0", "RTSA_STALL": "0.3",
                           "RTSA_SEED": "3"})
     assert ran == 1
+
+
+@pytest.mark.cosim
+def test_model_passes_take_the_cycles_the_cycle_model_predicts(tmp_path):
+    """The same clip with no stalls (the cycle model's condition): every pass's cycles within
+    :data:`hw.cycles.TOLERANCE` of :func:`hw.cycles.pass_cycles` of its workload."""
+    results = tmp_path / "model.json"
+    run_cocotb("model", CFG, "verilator", "sim.tb_model", seed=3,
+               env={"RTSA_MODEL_SEED": str(SEED), "RTSA_CLIP": "1", "RTSA_TAU": "2",
+                    "RTSA_RHO": "0.5", "RTSA_R": "0", "RTSA_STALL": "0", "RTSA_SEED": "3",
+                    "RTSA_RESULTS": str(results)})
+    passes = json.loads(results.read_text())["passes"]
+    assert len(passes) == 2
+    for p in passes:
+        error = abs(p["predicted_cycles"] - p["cycles"]) / p["cycles"]
+        assert error <= cycles.TOLERANCE, (p["name"], p["cycles"], p["predicted_cycles"])
