@@ -34,6 +34,17 @@ What it models is the schedule itself, accumulation by accumulation, not MACs / 
 * **The run-through** (:func:`run_through_cycles`): both on one array, the sequence gate
   (a sequence's tokens enter the projection once sequence ``s - 2`` has left attention) and
   the QKV beats of a sequence filling attention's slot.
+* **A block** (:func:`block_cycles`, :mod:`hw.block`): six clients behind result reserves,
+  the predictor's products (:func:`predictor_client`) and its keep selection, one block at a
+  time (:func:`keep_select_masks`), LayerNorm's serial statistics, the transposing buffer,
+  GELU, the skip FIFOs; **a pass of the whole model** (:func:`pass_cycles`, :mod:`hw.model`)
+  adds the embedding before it and the final LayerNorm, pooling and head after it.
+* **Split engines** (``split=``): the projections on one array, predictor and attention on
+  another, both advancing together (:class:`ArraySchedule` with ``arrays``), for comparing
+  the run-through array with designs that have a dedicated attention engine.
+* **The latency oracle** (:func:`model_cycles`): a model's blocks from their sparsity
+  (:class:`BlockSparsity`: tokens, the fraction each projection sends, the keep ratio), for a
+  sparsity search.
 
 The constants below are the RTL's structural latencies; each says where it comes from, and
 ``make bench`` checks every prediction against the Verilator measurement (within
