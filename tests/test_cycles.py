@@ -2,17 +2,21 @@
 Amaranth's simulator (full-rate streams, as the model assumes), and unit checks of the model
 itself whose expectations are worked out by hand."""
 
+import dataclasses
 import random
 
 import pytest
 
 from hw import cycles
+from hw.block import Block
 from hw.run_through import AttentionTop, LinearTop, RunThrough
 from sim.attention_job import attention_job
+from sim.block_job import block_job
 from sim.driver import run_amaranth
 from sim.linear_job import job_from_layer
 from tests.test_attention_engine import ONE_ROW, OUT, SMALL, SOFTMAX, random_sequence
 from tests.test_linear_engine import CONFIGS, random_layer, random_tokens
+from tests.test_block import MODEL as BLOCK_MODEL, SEED as BLOCK_SEED, small_block  # noqa: F401
 from tests.test_run_through import _job as run_through_job
 
 SEED = 8088
@@ -256,3 +260,21 @@ def test_model_cycles_sums_its_passes_and_sparsity_never_costs_cycles():
     split = cycles.model_cycles(cfg.replace(rows=2), [sparse], d=64, heads=2, split=(1, 1))
     shared = cycles.model_cycles(cfg.replace(rows=2), [sparse], d=64, heads=2)
     assert split["cycles"] >= shared["cycles"]
+
+
+@pytest.mark.parametrize("sequences,rho,skip", [(1, 0.5, 2), (2, 1.0, 1)])
+def test_block_cycles_match_the_rtl(small_block, sequences, rho, skip):
+    """A whole block (six clients, the on-chip predictor, LayerNorm, transpose, skip paths) of
+    a small model on 2 x 4 PEs: one sequence with sparse attention, two back to back with dense
+    attention through a one-sequence skip FIFO."""
+    blk, xs = small_block
+    job = block_job(SMALL, blk, xs[:sequences], BLOCK_MODEL.n_s, tau=2, rho=rho)
+    res = run_amaranth(Block(SMALL, attention_skip=skip), job.plan(), seed=BLOCK_SEED,
+                       stall=0.0)
+    work = dataclasses.replace(job.work, attention_skip=skip)
+    model = cycles.block_cycles(SMALL, work)
+    measured = res["counters"]["res2"]["cycles"]
+    clients = ("qkv", "proj", "fc1", "fc2", "predict", "attention")
+    _check_prediction("block x{} rho={}".format(sequences, rho), BLOCK_SEED, measured,
+                      model.cycles, {c: res["counters"][c]["busy"] for c in clients},
+                      {c: model.busy[c] for c in clients})
