@@ -108,6 +108,12 @@ PREDICT_START = 3
 MASK_TO_QK = 3
 
 
+#: The block's projections, in block order (hw.block.PROJECTIONS).
+PROJECTIONS = ("qkv", "proj", "fc1", "fc2")
+#: The PE clients that run on the attention array of a split design.
+ATTENTION_CLIENTS = ("predict", "attention")
+
+
 def _ceil(a, b):
     return -(-a // b)
 
@@ -200,14 +206,14 @@ class BlockWork:
 
     def __post_init__(self):
         n = self.attention.tokens * self.attention.sequences
-        for name in ("qkv", "proj", "fc1", "fc2"):
+        for name in PROJECTIONS:
             if getattr(self, name).tokens != n:
                 raise ValueError("{} must run sequences x tokens = {} tokens, not {}".format(
                     name, n, getattr(self, name).tokens))
 
     @property
     def layers(self):
-        return {"qkv": self.qkv, "proj": self.proj, "fc1": self.fc1, "fc2": self.fc2}
+        return {name: getattr(self, name) for name in PROJECTIONS}
 
 
 def ideal_linear_macs(work):
@@ -306,7 +312,6 @@ class ArraySchedule:
                 self.arrays[key] = _Array(cfg, [])
             self.arrays[key].names.append(n)
             self.arrays[key].last_grant = len(self.arrays[key].names) - 1
-        self.array_of = {n: self.arrays[arrays[n][0]] for n in self.clients}
 
     def _candidate(self, arr, pending, history):
         """``(cycle, client)``: the next grant of ``arr``, or None if no client of it is
@@ -455,8 +460,7 @@ def attention_client(config, work, events, *, name="attention", seq_full=None,
                      mask_ready=None):
     """The attention engine's accumulations (see the module docstring); records
     ``events[(name, "release", s)]`` (sequence ``s`` leaves its QKV slot), ``(name, "seq_done",
-    s)`` (its last output beat), ``(name, "qk", k)`` (the first QK^T beat of block ``k``, in
-    sequence, head, block order) and ``(name, "done")`` (the last output beat). ``seq_full(s)``:
+    s)`` (its last output beat) and ``(name, "done")`` (the last output beat). ``seq_full(s)``:
     the cycle sequence ``s``'s slot is full; ``mask_ready(k)``: the cycle block ``k``'s mask
     beat is valid (default: masks at full rate); either None while unknown."""
     R, HD = config.rows, work.head_dim
@@ -510,7 +514,6 @@ def attention_client(config, work, events, *, name="attention", seq_full=None,
                 ready, accept = 0, 0
             grant = yield Acc(ready, HD, accept=accept, kind="qk")
             if g == 0:
-                events[(name, "qk", qk)] = grant.start
                 first_row = grant.first_row
             last_row = grant.last_row
         last_end = grant.end
@@ -638,8 +641,6 @@ def run_through_cycles(config, linear, attention):
     return Result(events[("attention", "done")], busy, accs, events)
 
 
-#: The block's projection clients (hw.block.PROJECTIONS).
-PROJECTION_CLIENTS = ("qkv", "proj", "fc1", "fc2")
 #: The element-wise stages between two projections: GELU's table read and the packing into
 #: token beats (hw.gelu, hw.to_tokens: a cycle each).
 ELEMENTWISE = 2
@@ -739,7 +740,9 @@ def pass_cycles(config, block=None, *, embed=None, head=None, pooled=None, split
     events = {}
     ev = events.get
     V, bw = config.lanes, config.bitmap_word
-    clients, arrays = {}, {}
+    lin_cfg, att_cfg = (config, config) if split is None else \
+        (config.replace(rows=r) for r in split)
+    clients = {}
     source = None
     if embed is not None:
         words = embed.d_in // bw
@@ -750,16 +753,13 @@ def pass_cycles(config, block=None, *, embed=None, head=None, pooled=None, split
 
         clients["embed"] = linear_client(config, embed, events, name="embed",
                                          token_ready=pixels)
-        arrays["embed"] = ("linear", config)
 
         def source(t):
             first, last = ev(("embed", "first", t)), ev(("embed", "out", t))
             return None if last is None else (first + EMBED_OUT, last + EMBED_OUT)
 
     if block is not None:
-        block_clients, block_arrays = _block_clients(config, block, events, source, split)
-        clients.update(block_clients)
-        arrays.update(block_arrays)
+        clients.update(_block_clients(config, block, events, source, lin_cfg, att_cfg))
         tokens = block.qkv.tokens
         d = block.qkv.d_in
 
@@ -774,11 +774,11 @@ def pass_cycles(config, block=None, *, embed=None, head=None, pooled=None, split
             return first, first + d // V - 1
 
     if head is not None:
-        norm = _LayerNormTiming(config, d, tail, lambda t: 0, lambda t: norm_read(t))
-
         def norm_read(t):
             ready = norm.ready(t)
             return None if ready is None else ready[0] - bw + 1
+
+        norm = _LayerNormTiming(config, d, tail, lambda t: 0, norm_read)
 
         def pooled_token(t):
             ready = norm.ready(pooled - 1)
@@ -789,12 +789,10 @@ def pass_cycles(config, block=None, *, embed=None, head=None, pooled=None, split
 
         clients["head"] = linear_client(config, head, events, name="head",
                                         token_ready=pooled_token)
-        arrays["head"] = ("linear", config)
-    arrays = {n: arrays.get(n, ("linear", config)) for n in clients}
-    if split is None:
-        arrays = None
-    busy, accs, _ = ArraySchedule(config, clients, reserve=len(clients) > 1,
-                                  arrays=arrays).run()
+    arrays = None if split is None else {
+        n: ("attention", att_cfg) if n in ATTENTION_CLIENTS else ("linear", lin_cfg)
+        for n in clients}
+    busy, accs, _ = ArraySchedule(config, clients, arrays=arrays).run()
     if head is not None:
         end = events[("head", "out", 0)] + LINEAR_TAIL
     else:
@@ -802,8 +800,9 @@ def pass_cycles(config, block=None, *, embed=None, head=None, pooled=None, split
     return Result(end, busy, accs, events)
 
 
-def _block_clients(config, work, events, source, split):
-    """The block's six clients (see :func:`block_cycles`) and their arrays; ``source(t)``: the
+def _block_clients(config, work, events, source, lin_cfg, att_cfg):
+    """The block's six clients (see :func:`block_cycles`), the projections on an array of
+    ``lin_cfg``, the predictor and attention on one of ``att_cfg``; ``source(t)``: the
     ``(first, last)`` beat cycles of token ``t`` at ``ln1`` (None: the sequence gate's, a
     source at full rate)."""
     att = work.attention
@@ -866,13 +865,7 @@ def _block_clients(config, work, events, source, split):
         out = ev(("qkv", "out", (s + 1) * N - 1))
         return None if out is None else out + 1 + KEY_REPORT
 
-    lin_cfg = att_cfg = config
-    arrays = None
-    if split is not None:
-        lin_cfg, att_cfg = (config.replace(rows=r) for r in split)
-        arrays = {**{n: ("linear", lin_cfg) for n in PROJECTION_CLIENTS},
-                  "predict": ("attention", att_cfg), "attention": ("attention", att_cfg)}
-    clients = {
+    return {
         "qkv": linear_client(lin_cfg, work.qkv, events, name="qkv", token_ready=ln1.ready),
         "predict": (predictor_client(att_cfg, att, events, seq_full=seq_full)
                     if work.predict else iter(())),
@@ -883,9 +876,6 @@ def _block_clients(config, work, events, source, split):
         "fc1": linear_client(lin_cfg, work.fc1, events, name="fc1", token_ready=ln2.ready),
         "fc2": linear_client(lin_cfg, work.fc2, events, name="fc2", token_ready=fc2_ready),
     }
-    if arrays is None:
-        arrays = {n: ("linear", config) for n in clients}
-    return clients, arrays
 
 
 
@@ -916,7 +906,7 @@ class BlockSparsity:
             raise ValueError("dense_tokens must be in 0 .. {}, not {!r}".format(
                 self.tokens, self.dense_tokens))
         for name, f in self.sent.items():
-            if name not in ("qkv", "proj", "fc1", "fc2") or not 0 <= f <= 1:
+            if name not in PROJECTIONS or not 0 <= f <= 1:
                 raise ValueError("sent must map qkv, proj, fc1, fc2 to fractions in [0, 1], "
                                  "not {!r}: {!r}".format(name, f))
         if not 0 < self.rho <= 1:

@@ -131,8 +131,7 @@ def job_from_layer(config, layer, x, frame, spatial, n_s, *, tau, delta_enable=T
     else:
         bitmap = torch.ones(x.shape[0], d_in, dtype=torch.bool)  # the dense baseline sends zeros too
     sent = int(bitmap.sum())
-    work = cycles.LinearWork(d_in, d_out, tuple(
-        tuple(row) for row in bitmap.reshape(x.shape[0], -1, config.bitmap_word).sum(-1).tolist()))
+    work = cycles.LinearWork.from_bitmap(bitmap.tolist(), d_out, config.bitmap_word)
     out = layer.accumulate(x) if logits else vec["out"]
     V = config.lanes
     expected = [{"data": [int(v) for v in out[t, s:s + V]], "last": s + V == d_out}
