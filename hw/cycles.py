@@ -740,6 +740,7 @@ def pass_cycles(config, block=None, *, embed=None, head=None, pooled=None, split
     events = {}
     ev = events.get
     V, bw = config.lanes, config.bitmap_word
+    # A split design runs the embedding, the projections and the head on the linear array.
     lin_cfg, att_cfg = (config, config) if split is None else \
         (config.replace(rows=r) for r in split)
     clients = {}
@@ -751,7 +752,7 @@ def pass_cycles(config, block=None, *, embed=None, head=None, pooled=None, split
             first = t * embed.d_in // V + bw // V - 1
             return first, first + (words - 1) * bw // V
 
-        clients["embed"] = linear_client(config, embed, events, name="embed",
+        clients["embed"] = linear_client(lin_cfg, embed, events, name="embed",
                                          token_ready=pixels)
 
         def source(t):
@@ -787,7 +788,7 @@ def pass_cycles(config, block=None, *, embed=None, head=None, pooled=None, split
             last_in = ready[1] + bw - 1 + POOL_IN
             return last_in + bw, last_in + d
 
-        clients["head"] = linear_client(config, head, events, name="head",
+        clients["head"] = linear_client(lin_cfg, head, events, name="head",
                                         token_ready=pooled_token)
     arrays = None if split is None else {
         n: ("attention", att_cfg) if n in ATTENTION_CLIENTS else ("linear", lin_cfg)
@@ -941,11 +942,13 @@ def model_cycles(config, blocks, *, d, heads, mlp_ratio=4, embed_in=None, classe
     """Cycles of a whole model, one pass per block (the array drains between passes, as
     :mod:`hw.model` runs it): ``blocks`` a sequence of :class:`BlockSparsity`; ``embed_in``
     the tubelet width (a dense embedding before block 0; None: none), ``classes`` the head's
-    outputs (one pooled token, dense; None: none). ``split``: see :func:`block_cycles`.
+    outputs (one pooled token, dense; None: none). ``split``: see :func:`block_cycles` (the
+    embedding and the head then run on the linear array).
 
     Returns ``{"cycles", "blocks": [Result], "embed", "head", "busy", "macs"}``: the latency
     oracle of a sparsity search (the cycles of each block as its sparsity changes)."""
     out = {"blocks": [], "embed": 0, "head": 0, "busy": 0, "macs": 0}
+    lin_cfg = config if split is None else config.replace(rows=split[0])
     for sp in blocks:
         work = block_work(config, sp, d=d, heads=heads, mlp_ratio=mlp_ratio)
         res = block_cycles(config, work, split=split)
@@ -954,12 +957,12 @@ def model_cycles(config, blocks, *, d, heads, mlp_ratio=4, embed_in=None, classe
         out["macs"] += block_macs(config, work)
     if embed_in is not None:
         work = LinearWork.dense(blocks[0].tokens, embed_in, d, config.bitmap_word)
-        res = linear_cycles(config, work)
+        res = linear_cycles(lin_cfg, work)
         out["embed"], out["busy"] = res.cycles, out["busy"] + res.array_busy
         out["macs"] += ideal_linear_macs(work)
     if classes is not None:
         work = LinearWork.dense(1, d, classes, config.bitmap_word)
-        res = linear_cycles(config, work)
+        res = linear_cycles(lin_cfg, work)
         out["head"], out["busy"] = res.cycles, out["busy"] + res.array_busy
         out["macs"] += ideal_linear_macs(work)
     out["cycles"] = sum(r.cycles for r in out["blocks"]) + out["embed"] + out["head"]
