@@ -10,7 +10,7 @@ written down twice:
   ``clear_error``, ``stop``, then the engine's own pulses;
 * the **STATUS layout** (:attr:`EngineRegisters.status_layout`): ``running``, ``done``,
   ``error`` (any error bit), five reserved bits, then one sticky bit per error, ``config``
-  first (a START with an out-of-range setting);
+  first (a START refused: an out-of-range setting, or the engine already running);
 * the **RTL**: :class:`EngineControl`, the register file, start / done / configuration check
   and counters, which every engine instantiates;
 * the **host view**: :meth:`EngineRegisters.ctrl` (pulse names -> CTRL value),
@@ -170,10 +170,11 @@ class EngineControl(wiring.Component):
     settings : ``Out(settings_layout)``
         The settings registers.
     pulse : ``Out(ctrl_layout)``
-        CTRL pulses, combinational in the cycle of the write (``start`` also when refused).
+        CTRL pulses, combinational in the cycle of the write (``start`` also when refused for
+        its settings, never while running).
     config_ok : ``In(1)``
-        The settings are in range: a START begins a run, else it sets ``errors.config`` (and
-        stops a run in progress).
+        The settings are in range: a START begins a run, else it sets ``errors.config``. A
+        START while running sets ``errors.config`` too, and the run goes on undisturbed.
     finished : ``In(1)``
         The run is complete: ``running`` falls and ``done`` rises at the next edge.
     raise_error : ``In(error_layout)``
@@ -210,10 +211,11 @@ class EngineControl(wiring.Component):
         errors = Signal(regs.error_layout)
         csr = self.csr
 
+        written = Signal(regs.ctrl_layout)      # the pulses of a CTRL write
         with m.If(csr.w_en):
             with m.Switch(csr.addr):
                 with m.Case(regs.addr("ctrl")):
-                    m.d.comb += self.pulse.eq(csr.w_data[:len(self.pulse.as_value())])
+                    m.d.comb += written.eq(csr.w_data[:len(self.pulse.as_value())])
                 for s in regs.settings:
                     with m.Case(regs.addr(s.name)):
                         m.d.sync += self._setting_bits(s.name).eq(
@@ -237,9 +239,14 @@ class EngineControl(wiring.Component):
             with m.Default():
                 m.d.sync += csr.r_data.eq(0)
 
+        # A START while running is refused (``config``) and the run goes on: the engine does
+        # not see it, so nothing of the run restarts (its counters, its input counts).
+        m.d.comb += [self.pulse.eq(written), self.pulse.start.eq(written.start & ~self.running)]
         for e in regs.errors:
             with m.If(self.raise_error[e]):
                 m.d.sync += errors[e].eq(1)
+        with m.If(written.start & self.running):
+            m.d.sync += errors.config.eq(1)
         # CLEAR_ERROR wins: a block whose own error flag is registered still shows it in the
         # cycle of the clear.
         with m.If(self.pulse.clear_error):

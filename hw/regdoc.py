@@ -68,7 +68,8 @@ _COMMON = {
 }
 _COMMON_PULSES = {
     "start": "START: clears the counters and DONE; begins a run if the settings are in range, "
-             "else sets error `config`",
+             "else sets error `config`; while running: refused (error `config`), the run goes "
+             "on",
     "clear_error": "clears every sticky error bit (wins over an error raised in the same cycle)",
     "stop": "STOP: ends a run without DONE (the datapath is not flushed: for a stage whose run "
             "took no input)",
@@ -79,7 +80,8 @@ _COMMON_STATUS = {
     "error": "any error bit is set",
     "reserved": "reads 0",
 }
-_COMMON_ERRORS = {"config": "a START found a setting out of range: the run did not start"}
+_COMMON_ERRORS = {"config": "a START found a setting out of range (the run did not start) or "
+                            "came while running (the run went on)"}
 
 
 def _import(module, path):

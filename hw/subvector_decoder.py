@@ -62,6 +62,9 @@ class SubvectorDecoder(wiring.Component):
     config : :class:`hw.config.RTSAConfig`
     order : {"column", "block"}
         Mask format (see the module docstring).
+    clearable : bool
+        Add the ``clear_error`` input (an engine's CLEAR_ERROR); without it only reset clears
+        ``error``.
 
     Attributes
     ----------
@@ -69,16 +72,20 @@ class SubvectorDecoder(wiring.Component):
     o : ``Out(stream.Signature(subvector_item_layout(config)))``
     error : ``Out(1)``
         Sticky: a head had more beats than its format allows.
+    clear_error : ``In(1)`` (``clearable`` only)
+        Clears ``error`` (an error in the same cycle wins).
     """
 
-    def __init__(self, config, *, order="column"):
+    def __init__(self, config, *, order="column", clearable=False):
         self._config = config
         self._order = order
+        self._clearable = bool(clearable)
         _geometry(config, order)
         super().__init__({
             "i": In(stream.Signature(subvector_mask_layout(config, order))),
             "o": Out(stream.Signature(subvector_item_layout(config))),
             "error": Out(1),
+            **({"clear_error": In(1)} if clearable else {}),
         })
 
     def elaborate(self, platform):
@@ -118,6 +125,9 @@ class SubvectorDecoder(wiring.Component):
                          o.payload.col_last.eq(done), o.payload.last.eq(done & cur_last),
                          cur_mask.eq(rem), cur_fresh.eq(0)]
 
+        if self._clearable:
+            with m.If(self.clear_error):
+                m.d.sync += self.error.eq(0)
         # A column is taken as soon as the previous one has left (one item per cycle).
         m.d.comb += self.i.ready.eq(~cur_valid | done)
         with m.If(self.i.ready):

@@ -8,7 +8,8 @@ import random
 
 from amaranth.lib import data
 
-__all__ = ["to_python", "StreamStalls", "put_all", "get_until", "csr_write", "csr_read"]
+__all__ = ["to_python", "StreamStalls", "put_all", "get_until", "csr_write", "csr_read",
+           "add_watchdog"]
 
 
 def to_python(value):
@@ -98,3 +99,16 @@ async def csr_read(ctx, csr, addr):
     await ctx.tick()
     await ctx.tick()
     return ctx.get(csr.r_data)
+
+
+def add_watchdog(sim, cycles, what="the simulation", period=1e-8):
+    """Bound ``sim`` (an Amaranth ``Simulator`` whose clock has ``period`` seconds) to
+    ``cycles`` cycles: a background testbench raises :exc:`TimeoutError` then, so a design
+    that hangs (or a testbench waiting on it without a bound) fails with a message instead of
+    running forever. A simulation whose testbenches all end first is not slowed: background
+    testbenches do not keep it running, and the watchdog's wait is one timer, not a tick a
+    cycle."""
+    async def watchdog(ctx):
+        await ctx.delay(cycles * period)
+        raise TimeoutError("watchdog: {} still running after {} cycles".format(what, cycles))
+    sim.add_testbench(watchdog, background=True)

@@ -7,7 +7,9 @@ register *name* (addresses come from the top's :attr:`~hw.pipeline.Pipeline.wind
   register, value)``, ``("load", port, beats)`` (a loading stream, at full speed),
   ``("start", stage, check)`` (START; with ``check`` the STATUS read after it must show
   RUNNING), ``("status", stage, key)`` (record STATUS), ``("ready", port, key)`` (record
-  whether an input port is ready);
+  whether an input port is ready), ``("write_addr", addr, value)`` and ``("read_addr",
+  addr, key)`` (write, and record a read of, a raw address of the register port: unmapped
+  ones too);
 * ``inputs``: streams sent once the setup is done, with random stalls;
 * ``outputs``: streams received (with random stalls) and their expected beats;
 * ``counters``: per stage, counters to read at the end (expected value, or ``None``);
@@ -29,7 +31,8 @@ expectation, exactly.
 from dataclasses import dataclass, field
 import os
 
-from sim.amaranth_streams import StreamStalls, csr_read, csr_write, get_until, put_all
+from sim.amaranth_streams import (StreamStalls, add_watchdog, csr_read, csr_write, get_until,
+                                  put_all)
 from sim.scoreboard import check_equal
 
 __all__ = ["Plan", "JobDriver", "AmaranthBackend", "run_amaranth", "run_amaranth_plans",
@@ -135,6 +138,12 @@ class JobDriver:
             elif kind == "ready":
                 _, port, key = step
                 self.result["seen"][key] = be.ready(port)
+            elif kind == "write_addr":
+                _, addr, value = step
+                await be.write(int(addr), int(value))
+            elif kind == "read_addr":
+                _, addr, key = step
+                self.result["seen"][key] = await be.read(int(addr))
             else:
                 raise ValueError("Unknown plan step {!r}".format(step))
         self.go = True
@@ -223,18 +232,21 @@ class AmaranthBackend:
         return bool(self.ctx.get(self._port(port).ready))
 
 
-def run_amaranth(top, plan, *, seed, stall=0.3, check=True, deadline=None, max_wait=3):
+def run_amaranth(top, plan, *, seed, stall=0.3, check=True, deadline=None, max_wait=3,
+                 watchdog=None):
     """Run ``plan`` on a fresh simulation of ``top``; the driver's result (checked with
     :meth:`Plan.check` unless ``check`` is false). Each stall lasts up to ``max_wait``
     cycles."""
     return run_amaranth_plans(top, [plan], seed=seed, stall=stall, check=[check],
-                              deadline=deadline, max_wait=max_wait)[0]
+                              deadline=deadline, max_wait=max_wait, watchdog=watchdog)[0]
 
 
-def run_amaranth_plans(top, plans, *, seed, stall=0.3, check=None, deadline=None, max_wait=3):
+def run_amaranth_plans(top, plans, *, seed, stall=0.3, check=None, deadline=None, max_wait=3,
+                       watchdog=None):
     """Run ``plans`` one after the other on one simulation of ``top`` (a bad job, then the
     good job that must still be exact); their results, each checked unless ``check[k]`` is
-    false. Plan ``k``'s stalls use seed ``seed + 1000 * k``."""
+    false. Plan ``k``'s stalls use seed ``seed + 1000 * k``. ``watchdog``: a bound in cycles
+    on the whole simulation (:func:`sim.amaranth_streams.add_watchdog`)."""
     from amaranth.sim import Simulator
     sim = Simulator(top)
     sim.add_clock(1e-8)
@@ -253,6 +265,8 @@ def run_amaranth_plans(top, plans, *, seed, stall=0.3, check=None, deadline=None
         return run
 
     sim.add_testbench(control)
+    if watchdog is not None:
+        add_watchdog(sim, watchdog, "plans {}".format(", ".join(p.name for p in plans)))
     for drv in drivers:
         for fn in drv.sources() + drv.sinks():
             sim.add_testbench(process(fn))

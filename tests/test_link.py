@@ -14,6 +14,7 @@ from amaranth.lib import data
 
 from boards.link import LinkError, ResponseReader, encode_frame, pack, unpack
 from hw.link import VERSION, Command, HostLink, LinkPorts, Status, crc16
+from sim.amaranth_streams import add_watchdog
 from sim.uart_model import LineMonitor, transact, write_bytes
 from tests.test_token_buffer import beats_of, tokens, top
 
@@ -21,10 +22,10 @@ SEED = 5303
 DIV, MAX, TIMEOUT = 4, 64, 200
 
 
-def run(bench, link=None):
+def run(bench, link=None, watchdog=None):
     """Run ``bench(ctx, link, call)`` on ``link`` (a fresh HostLink of the token buffer by
     default); ``call(cmd, payload, seq)`` sends a frame and returns ``(seq, status,
-    payload)``."""
+    payload)``. ``watchdog``: a bound on the simulation in cycles."""
     if link is None:
         link = HostLink(top(), divisor=DIV, max_payload=MAX, timeout=TIMEOUT)
     mon = LineMonitor(link.tx, DIV)
@@ -40,6 +41,8 @@ def run(bench, link=None):
     sim.add_clock(1e-6)
     sim.add_testbench(mon.process, background=True)
     sim.add_testbench(testbench)
+    if watchdog is not None:
+        add_watchdog(sim, watchdog, "the host link", period=1e-6)
     sim.run()                       # every wait of the bench is bounded; the monitor is not waited
     assert not mon.framing_errors
 
