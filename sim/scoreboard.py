@@ -4,7 +4,8 @@ Used by the Amaranth unit tests and the cocotb testbenches alike. A mismatch rai
 :exc:`AssertionError` naming the first differing transaction and the stimulus seed.
 """
 
-__all__ = ["check_equal", "check_run", "tokens_from_pair_beats"]
+__all__ = ["check_equal", "check_run", "tokens_from_pair_beats", "first_difference",
+           "count_values"]
 
 
 def check_equal(got, want, *, what, seed):
@@ -16,6 +17,45 @@ def check_equal(got, want, *, what, seed):
     if len(got) != len(want):
         raise AssertionError("{}: got {} transactions, want {} (seed {})"
                              .format(what, len(got), len(want), seed))
+
+
+def _leaves(value, path=()):
+    """``(path, int)`` of every integer in a transaction (dicts and lists of ints)."""
+    if isinstance(value, dict):
+        for key in value:
+            yield from _leaves(value[key], path + (key,))
+    elif isinstance(value, (list, tuple)):
+        for n, item in enumerate(value):
+            yield from _leaves(item, path + (n,))
+    else:
+        yield path, value
+
+
+def count_values(transactions, field="data"):
+    """The integers in ``field`` of every transaction: the output elements a comparison of
+    them checks."""
+    return sum(1 for t in transactions for _ in _leaves(t[field]))
+
+
+def first_difference(got, want):
+    """``None`` when ``got == want`` (lists of transactions), else where they first differ:
+    ``{"transaction", "field", "got", "want"}`` (``field`` the path to the first differing
+    integer, e.g. ``"data[3]"``; for a missing or extra transaction ``"count"``)."""
+    for n, (g, w) in enumerate(zip(got, want)):
+        if g != w:
+            found = dict(_leaves(g))
+            for path, wv in _leaves(w):
+                gv = found.get(path, "missing")
+                if gv != wv:
+                    break
+            else:
+                path, gv, wv = (), g, w             # a different shape of transaction
+            name = "".join("[{}]".format(p) if isinstance(p, int) else "." + p for p in path)
+            return {"transaction": n, "field": name.lstrip("."), "got": gv, "want": wv}
+    if len(got) != len(want):
+        return {"transaction": min(len(got), len(want)), "field": "count", "got": len(got),
+                "want": len(want)}
+    return None
 
 
 def check_run(res, want, seed, registers, *, what, errors=()):

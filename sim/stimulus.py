@@ -1,12 +1,14 @@
-"""Seeded random stimulus for the PE array and the sparse decoders.
+"""Seeded random stimulus for the PE array, the sparse decoders and the engines' jobs.
 
-Shared by the Amaranth unit tests and the cocotb testbenches, so both feed the same vectors
-to their backends (and the reference models in :mod:`golden.blocks`).
+Shared by the Amaranth unit tests, the cocotb testbenches and the soak (:mod:`sim.soak`), so
+all feed the same kind of vectors to their backends (and the reference models in
+:mod:`golden.blocks`).
 """
 
 from golden import contract
 
-__all__ = ["pe_beats", "delta_tokens", "column_masks", "bitmap_streams"]
+__all__ = ["pe_beats", "delta_tokens", "column_masks", "bitmap_streams", "random_layer",
+           "random_tokens", "random_sequence"]
 
 
 def _operand(rng, fmt):
@@ -76,3 +78,53 @@ def column_masks(config, rng, heads, columns):
     return [[rng.choice([0, full, rng.randrange(1 << nb), 1 << rng.randrange(nb),
                          rng.randrange(1 << nb) & rng.randrange(1 << nb)])
              for _ in range(columns)] for _ in range(heads)]
+
+
+def random_layer(rng, d_out, d_in, out_fmt=contract.ACT, *, shifts=(22, 27)):
+    """A random integer linear layer (:class:`golden.intvidt.QLinear`) ``d_out x d_in``:
+    narrow int8 weights, biases, multipliers in ``[2**14, 2**16)`` and shifts in ``shifts``
+    (inclusive; the default suits a reduction of a few tens of int8 products)."""
+    import torch
+    from golden.intvidt import QLinear
+    w = torch.tensor([[rng.randint(-127, 127) for _ in range(d_in)] for _ in range(d_out)])
+    b = torch.tensor([rng.randint(-5000, 5000) for _ in range(d_out)])
+    mult = torch.tensor([rng.randint(1 << 14, (1 << 16) - 1) for _ in range(d_out)])
+    shift = torch.tensor([rng.randint(*shifts) for _ in range(d_out)])
+    return QLinear(w, b, mult, shift, out_fmt)
+
+
+def random_tokens(rng, n_t, n_s, d_in, change=0.3):
+    """Frames of tokens that change a little from frame to frame (some elements zero):
+    ``(x [n_t n_s, d_in], frame, spatial)``, frame-major."""
+    import torch
+    x = [[rng.choice([0, rng.randint(-128, 127)]) for _ in range(d_in)] for _ in range(n_s)]
+    frames = [x]
+    for _ in range(n_t - 1):
+        frames.append([[max(-128, min(127, v + (rng.randint(-6, 6) if rng.random() < change
+                                                else 0))) for v in tok] for tok in frames[-1]])
+    x = torch.tensor([tok for f in frames for tok in f])
+    i = torch.arange(n_t * n_s)
+    return x, i // n_s, i % n_s
+
+
+def random_sequence(rng, cfg, heads, n, *, density=0.5, empty_blocks=()):
+    """Random int8 q, k, v and a sub-vector-shaped keep mask (``density``: kept columns;
+    ``None``: dense) as a :class:`sim.attention_job.Sequence`."""
+    import torch
+    from sim.attention_job import Sequence
+    hd = cfg.head_dim
+
+    def t():
+        return torch.tensor([[[rng.choice([rng.randint(-40, 40), rng.randint(-128, 127)])
+                               for _ in range(hd)] for _ in range(n)] for _ in range(heads)])
+    if density is None:
+        return Sequence(t(), t(), t(), None)
+    keep = torch.zeros(heads, n, n, dtype=torch.bool)
+    V = cfg.lanes
+    for h in range(heads):
+        for b in range(-(-n // V)):
+            if (h, b) in empty_blocks:
+                continue
+            cols = [j for j in range(n) if rng.random() < density] or [rng.randrange(n)]
+            keep[h, b * V:(b + 1) * V, cols] = True
+    return Sequence(t(), t(), t(), keep)

@@ -225,11 +225,11 @@ class CocotbBackend:
         return bool(int(getattr(self.dut, self._name(port) + "__ready").value))
 
 
-async def run_cocotb_plan(dut, top, plan, *, seed, stall, check=True):
+async def run_cocotb_plan(dut, top, plan, *, seed, stall, check=True, max_wait=3):
     """Run ``plan`` (:class:`sim.driver.Plan`) on the cocotb ``dut`` of ``top``: the setup, then
     every input and output stream concurrently; returns the driver's result (checked unless
-    ``check`` is false)."""
-    drv = JobDriver(top, plan, seed=seed, stall=stall)
+    ``check`` is false). Each stall lasts up to ``max_wait`` cycles."""
+    drv = JobDriver(top, plan, seed=seed, stall=stall, max_wait=max_wait)
     be = CocotbBackend(dut, top)
     await drv.setup(be)
     for fn in drv.sources():

@@ -14,8 +14,9 @@ from sim.attention_job import attention_job
 from sim.block_job import block_job
 from sim.driver import run_amaranth
 from sim.linear_job import job_from_layer
-from tests.test_attention_engine import ONE_ROW, OUT, SMALL, SOFTMAX, random_sequence
-from tests.test_linear_engine import CONFIGS, random_layer, random_tokens
+from sim.stimulus import random_layer, random_sequence, random_tokens
+from tests.test_attention_engine import ONE_ROW, OUT, SMALL, SOFTMAX
+from tests.test_linear_engine import CONFIGS
 from tests.test_block import MODEL as BLOCK_MODEL, SEED as BLOCK_SEED, small_block  # noqa: F401
 from tests.test_run_through import _job as run_through_job
 

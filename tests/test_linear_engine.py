@@ -13,6 +13,7 @@ from hw.run_through import LinearTop
 from sim.driver import Plan, run_amaranth
 from sim.linear_job import job_from_layer
 from sim.scoreboard import check_equal
+from sim.stimulus import random_layer, random_tokens
 
 SEED = 515
 
@@ -22,26 +23,6 @@ CONFIGS = {
                                      max_d=32, max_tokens=32, weight_depth=512,
                                      max_positions=8, name="r2v4k2"),
 }
-
-
-def random_layer(rng, d_out, d_in, out_fmt=contract.ACT):
-    w = torch.tensor([[rng.randint(-127, 127) for _ in range(d_in)] for _ in range(d_out)])
-    b = torch.tensor([rng.randint(-5000, 5000) for _ in range(d_out)])
-    mult = torch.tensor([rng.randint(1 << 14, (1 << 16) - 1) for _ in range(d_out)])
-    shift = torch.tensor([rng.randint(22, 27) for _ in range(d_out)])
-    return QLinear(w, b, mult, shift, out_fmt)
-
-
-def random_tokens(rng, n_t, n_s, d_in, change=0.3):
-    """Frames of tokens that change a little from frame to frame (some elements zero)."""
-    x = [[rng.choice([0, rng.randint(-128, 127)]) for _ in range(d_in)] for _ in range(n_s)]
-    frames = [x]
-    for _ in range(n_t - 1):
-        frames.append([[max(-128, min(127, v + (rng.randint(-6, 6) if rng.random() < change
-                                                else 0))) for v in tok] for tok in frames[-1]])
-    x = torch.tensor([tok for f in frames for tok in f])
-    i = torch.arange(n_t * n_s)
-    return x, i // n_s, i % n_s
 
 
 def run_job(job, seed, stall=0.3, timeout=200_000, *, tokens=None, check=True):

@@ -12,8 +12,8 @@ from hw.pipeline import PassThrough, Pipeline
 from hw.run_through import RunThrough
 from sim.driver import Plan, run_amaranth
 from sim.run_through_job import run_through_job
+from sim.stimulus import random_layer, random_tokens
 from tests.test_attention_engine import OUT, SMALL, SOFTMAX
-from tests.test_linear_engine import random_layer, random_tokens
 
 SEED = 7077
 
