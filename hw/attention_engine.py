@@ -252,11 +252,14 @@ class AttentionEngine(Engine):
         m.d.comb += [ns.n_tok.eq(st.tokens), ns.heads.eq(st.heads),
                      ns.blocks.eq((ns.n_tok + cfg.lanes - 1) >> log2_exact(cfg.lanes)),
                      self.credit.tokens.eq(ns.n_tok), self.credit.restart.eq(ctl.pulse.start)]
-        dp.submodules.decoder = ns.dec = SubvectorDecoder(cfg, order="block")
+        # Clearable: its sticky error feeds the ``mask`` bit every cycle, so CLEAR_ERROR must
+        # clear it too, or the bit could never be cleared after a head with too many blocks.
+        dp.submodules.decoder = ns.dec = SubvectorDecoder(cfg, order="block", clearable=True)
         dp.submodules.softmax = ns.sm = SoftmaxUnit(cfg)
         m.d.comb += [ns.sm.mult.eq(st.softmax_mult), ns.sm.shift.eq(st.softmax_shift),
                      ctl.raise_error.softmax.eq(ns.sm.error)]
-        m.d.comb += [ns.dec.i.valid.eq(self.masks.valid & ctl.running),
+        m.d.comb += [ns.dec.clear_error.eq(ctl.pulse.clear_error),
+                     ns.dec.i.valid.eq(self.masks.valid & ctl.running),
                      ns.dec.i.payload.eq(self.masks.payload),
                      self.masks.ready.eq(ns.dec.i.ready & ctl.running)]
         self._qkv_writer(dp, ns)
@@ -281,6 +284,7 @@ class AttentionEngine(Engine):
         for name, mem in zip("qkv", ns.mems):
             m.submodules[f"{name}_buf"] = mem
         ns.slot_full = Signal(2)
+        ns.slot_new = Signal(2)             # full, and not yet taken by the loader
         beat = self.i.payload
         w = qkv_writer_position(m, cfg, self.i, ns.ctl, ns.n_tok, ns.heads, ns.slot_full)
         for idx, mem in enumerate(ns.mems):
@@ -290,7 +294,8 @@ class AttentionEngine(Engine):
                                           for e in range(HD)])),
                          wp.en.eq(Mux(w.take & (w.part == idx), 1 << w.off, 0))]
         with m.If(w.seq_end):
-            m.d.sync += ns.slot_full.bit_select(w.slot, 1).eq(1)
+            m.d.sync += [ns.slot_full.bit_select(w.slot, 1).eq(1),
+                         ns.slot_new.bit_select(w.slot, 1).eq(1)]
 
     def _loader(self, m, ns):
         """Per query block of a full slot: its ``lanes`` Q rows into registers, then its kept
@@ -335,8 +340,10 @@ class AttentionEngine(Engine):
 
         with m.FSM(name="loader") as fsm:
             with m.State("WAIT"):
-                with m.If(ns.running & ns.slot_full.bit_select(l_slot, 1)):
-                    m.d.sync += ql.eq(0)
+                # A slot still full with the sequence before last (its A V not done) is not
+                # this sequence's: wait for the writer to refill it.
+                with m.If(ns.running & ns.slot_new.bit_select(l_slot, 1)):
+                    m.d.sync += [ql.eq(0), ns.slot_new.bit_select(l_slot, 1).eq(0)]
                     m.next = "Q_LOAD"
             with m.State("Q_LOAD"):
                 with m.If(loader_free):

@@ -4,15 +4,15 @@ golden model (:func:`golden.intvidt.attention_core`), bad configurations and mal
 import random
 
 import pytest
-import torch
 
 from golden import contract
 from hw.attention_engine import REGISTERS, AttentionEngine
 from hw.config import preset
 from hw.run_through import AttentionTop
-from sim.attention_job import Sequence, attention_job
+from sim.attention_job import attention_job
 from sim.driver import Plan, run_amaranth
 from sim.scoreboard import check_equal
+from sim.stimulus import random_sequence
 
 SEED = 6061
 
@@ -25,26 +25,6 @@ ONE_ROW = SMALL.replace(rows=1, name="att_r1v4")
 
 SOFTMAX = dict(zip(("softmax_mult", "softmax_shift"), contract.quantize_multiplier(0.03)))
 OUT = dict(zip(("attn_mult", "attn_shift"), contract.quantize_multiplier(1 / 400)))
-
-
-def random_sequence(rng, cfg, heads, n, *, density=0.5, empty_blocks=()):
-    """Random int8 q, k, v and a sub-vector-shaped keep mask (``density``: kept columns)."""
-    hd = cfg.head_dim
-
-    def t():
-        return torch.tensor([[[rng.choice([rng.randint(-40, 40), rng.randint(-128, 127)])
-                               for _ in range(hd)] for _ in range(n)] for _ in range(heads)])
-    if density is None:
-        return Sequence(t(), t(), t(), None)
-    keep = torch.zeros(heads, n, n, dtype=torch.bool)
-    V = cfg.lanes
-    for h in range(heads):
-        for b in range(-(-n // V)):
-            if (h, b) in empty_blocks:
-                continue
-            cols = [j for j in range(n) if rng.random() < density] or [rng.randrange(n)]
-            keep[h, b * V:(b + 1) * V, cols] = True
-    return Sequence(t(), t(), t(), keep)
 
 
 def run_job(job, seed, stall=0.3, *, qkv=None, masks=None, timeout=100_000, check=True):
@@ -63,7 +43,7 @@ def _status(res):
 
 @pytest.mark.parametrize("cfg", [SMALL, ONE_ROW], ids=lambda c: c.name)
 @pytest.mark.parametrize("case", ["sparse_stalls", "dense_two_sequences", "one_head",
-                                  "empty_blocks"])
+                                  "empty_blocks", "three_one_block_sequences"])
 def test_engine_matches_golden(cfg, case):
     seed = SEED + len(case) * 31 + cfg.rows
     rng = random.Random(seed)
@@ -73,6 +53,11 @@ def test_engine_matches_golden(cfg, case):
         seqs, stall = [random_sequence(rng, cfg, 2, 8, density=None) for _ in range(2)], 0.0
     elif case == "one_head":
         seqs, stall = [random_sequence(rng, cfg, 1, 10, density=0.6)], 0.2
+    elif case == "three_one_block_sequences":
+        # Found by `make soak` (seed 13000140): with one query block a sequence, the loader
+        # reached sequence 3 while sequence 1's A V still ran, and took sequence 1's Q and K
+        # from the slot the writer had not refilled yet.
+        seqs, stall = [random_sequence(rng, cfg, 1, 2, density=None) for _ in range(3)], 0.0
     else:
         seqs, stall = [random_sequence(rng, cfg, 2, 12, density=0.5,
                                        empty_blocks={(0, 1), (1, 0)})], 0.1
