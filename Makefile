@@ -18,7 +18,7 @@ SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export AMARANTH_USE_YOSYS := builtin
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install verilog test eval bench cycles demo vectors bitstream selftest synth clean help
+.PHONY: install verilog test eval bench cycles soak formal demo vectors bitstream selftest synth clean help
 
 help:
 	@echo "make verilog     generate Verilog of every top for the presets tiny, default, vidt (PRESET=...) into build/verilog/<preset>/"
@@ -26,6 +26,8 @@ help:
 	@echo "make eval        top-1 against ideal computation saving of the benchmark model -> build/eval/ (FULL=1: full sweep)"
 	@echo "make bench       linear and attention engine and run-through cycles on the benchmark model (Verilator) -> build/bench/{linear,attention,run_through}.json, {linear,attention}.md; FULL=1 adds a whole block per stage at 49/196/392 tokens -> build/bench/block.{json,md} and the whole model on two held-out clips -> build/bench/model.{json,md}"
 	@echo "make cycles     the cycle model extrapolated: VideoMAE-B- and ViT-S-like models at 392-1568 tokens, presets, rows x lanes, the shared array against split engines -> build/cycles/cycles.{json,md}, throughput.png"
+	@echo "make formal      SymbiYosys proofs: stream rules, conservation, bounded response, sticky errors of the leaf components; the arithmetic against the contract; each with a mutant that must fail -> build/formal/formal.{json,md} (QUICK=1: the CI subset)"
+	@echo "make soak        randomised co-simulation campaigns (Verilator, random stalls and seeds): linear engine delta and dense, attention engine, run-through; 10^6 outputs checked bit-exactly -> build/soak/soak.{json,md} (not in CI)"
 	@echo "make demo        a clip in, a class out, over the UART host link: the simulated chip (Verilator, pyserial on a pseudo-terminal) or a board (PORT=/dev/ttyUSB0); MODEL=bench for the trained model -> build/demo/demo.json"
 	@echo "make vectors     export one clip's integer test vectors for co-simulation -> build/vectors/"
 	@echo "make bitstream   the accelerator behind its UART host link for a board (BOARD=ulx3s: the run-through; BOARD=icebreaker: the PE array; DESIGN=model_link: the whole model, which fits neither) -> build/<board>/report.json"
@@ -70,6 +72,12 @@ bench: $(STAMP)
 
 cycles: $(STAMP)
 	$(PY) -m sim.bench_cycles --out build/cycles
+
+formal: $(STAMP)
+	$(PY) -m sim.formal --out build/formal --jobs $(JOBS) $(if $(QUICK),--quick,)
+
+soak: $(STAMP)
+	$(PY) -m sim.soak --out build/soak
 
 vectors: $(STAMP)
 	$(PY) -m golden.export --clip 0 --block 0 --tau 2 --rho 0.5 --out build/vectors/test0_block0

@@ -6,7 +6,7 @@ widths and randomly at full width. :func:`bits_for` and :func:`log2_exact` (elab
 widths, re-exported from the contract) are the exception: they compute on Python ``int``.
 """
 
-from amaranth.hdl import Mux, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Mux, signed, unsigned
 
 from golden import contract
 # Widths of indices: stdlib-only, in the contract, so that hw.config (no Amaranth) uses them too.
@@ -14,7 +14,13 @@ from golden.contract import bits_for, log2_exact
 
 __all__ = ["shape_of", "saturate", "round_shift", "round_shift_head", "round_shift_tail",
            "requantize", "requantize_product", "fits",
-           "bits_for", "log2_exact", "sum_tree", "popcount", "div_half_up"]
+           "bits_for", "log2_exact", "sum_tree", "popcount", "div_half_up",
+           "EXP_BITS", "exp2_neg", "restoring_step", "softmax_prob"]
+
+#: Bits of an :func:`exp2_neg` value: the table's largest entry is ``EXP2_ONE`` (``t = 0``). A
+#: right shift by this many bits or more leaves zero, which is the contract's clamp of a huge
+#: ``t``.
+EXP_BITS = max(contract.EXP2_LUT).bit_length()
 
 
 def shape_of(fmt):
@@ -88,3 +94,29 @@ def div_half_up(num, den):
     """``contract.div_half_up(num, den)`` in logic: floor division of ``2 num + den`` by
     ``2 den`` (``den >= 1``; a general divider unless ``den`` is constant)."""
     return (num * 2 + den) // (den * 2)
+
+
+def exp2_neg(t):
+    """``contract.exp2_neg(t)`` of an unsigned ``t``: the table on its fraction bits, shifted
+    right by its integer part (zero from :data:`EXP_BITS` on). ``EXP_BITS`` bits wide."""
+    frac = contract.EXP2_FRAC_BITS
+    lut = Array(Const(v, EXP_BITS) for v in contract.EXP2_LUT)
+    whole = t >> frac
+    shamt_bits = (EXP_BITS - 1).bit_length()       # integer parts below the clamp
+    return Mux(whole >= EXP_BITS, 0, lut[t[:frac]] >> whole[:shamt_bits])
+
+
+def restoring_step(rem, divisor):
+    """One step of a restoring division whose remaining dividend bits are zero: ``(bit,
+    rem')``, the next quotient bit and partial remainder, from ``rem`` (``2 rem`` is tried
+    against ``divisor``)."""
+    trial = rem << 1
+    fit = trial >= divisor
+    return fit, Mux(fit, trial - divisor, trial)[:len(rem)]
+
+
+def softmax_prob(product):
+    """The softmax output pass of :func:`golden.contract.softmax_row` on ``product = e *
+    recip``: ``PROB.saturate(round_shift(product, SOFTMAX_RECIP_BITS - PROB_FRAC_BITS))``."""
+    shift = contract.SOFTMAX_RECIP_BITS - contract.PROB_FRAC_BITS
+    return saturate(round_shift(product, Const(shift)), contract.PROB)

@@ -30,7 +30,7 @@ and dropped up to the one with ``last``, which still closes the block (the outpu
 the first ``max_tokens`` beats).
 """
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -42,9 +42,8 @@ from hw.packing import pack_layout
 __all__ = ["softmax_input_layout", "softmax_output_layout", "SoftmaxUnit",
            "EXP_BITS", "RECIP_QUOTIENT_BITS"]
 
-#: Bits of an ``exp2_neg`` value: the table's largest entry is ``EXP2_ONE`` (``t = 0``). A right
-#: shift by this many bits or more leaves zero, which is the contract's clamp of a huge ``t``.
-EXP_BITS = max(contract.EXP2_LUT).bit_length()
+#: Bits of an ``exp2_neg`` value (:data:`hw.arith.EXP_BITS`).
+EXP_BITS = arith.EXP_BITS
 #: Quotient bits of the reciprocal (the divider's iterations).
 RECIP_QUOTIENT_BITS = contract.SOFTMAX_RECIP_QUOTIENT_BITS
 assert RECIP_QUOTIENT_BITS <= contract.SOFTMAX_RECIP_BITS
@@ -125,11 +124,8 @@ class SoftmaxUnit(wiring.Component):
         acc_shape = arith.shape_of(acc_fmt)
         # e is written back over its score, as a non-negative value of the score's format.
         assert EXP_BITS < A, "exp2 values do not fit the score buffer"
-        frac = contract.EXP2_FRAC_BITS
-        shamt_bits = (EXP_BITS - 1).bit_length()       # integer parts below the clamp
         sum_bits = (N * contract.EXP2_LUT[0]).bit_length()
         K = RECIP_QUOTIENT_BITS
-        prob_shift = contract.SOFTMAX_RECIP_BITS - contract.PROB_FRAC_BITS
         # One multiplier per lane serves both (max - s) * mult and e * recip.
         mul_a_bits = max(A, EXP_BITS)
         mul_b_bits = max(contract.REQ_MULT.bits, K)
@@ -211,16 +207,13 @@ class SoftmaxUnit(wiring.Component):
                 m.d.sync += s2_prod[l].eq(a * b)
 
         # --- Phase 2: exponent, write-back and sum (s3). ---------------------------------
-        lut = Array(Const(v, EXP_BITS) for v in contract.EXP2_LUT)
         s3_valid, s3_last = Signal(), Signal()
         s3_addr = Signal(range(N))
         s3_e = [Signal(EXP_BITS, name=f"e_{l}") for l in range(V)]
         m.d.sync += [s3_valid.eq(s2_valid & ~out_phase), s3_last.eq(s2_last),
                      s3_addr.eq(s2_addr)]
         for l in range(V):
-            t = arith.round_shift(s2_prod[l], shift)
-            whole = t >> frac
-            e = Mux(whole >= EXP_BITS, 0, lut[t[:frac]] >> whole[:shamt_bits])
+            e = arith.exp2_neg(arith.round_shift(s2_prod[l], shift))
             m.d.sync += s3_e[l].eq(Mux(s2_kept[l], e, 0))
         with m.If(s3_valid):
             for l in range(V):
@@ -242,10 +235,8 @@ class SoftmaxUnit(wiring.Component):
         # --- Phase 3: restoring division, one quotient bit per cycle, all lanes. ---------
         with m.If(phase == _Phase.DIV):
             for l in range(V):
-                trial = rem[l] << 1                # the dividend's remaining bits are zero
-                fit = trial >= total[l]
-                m.d.sync += [rem[l].eq(Mux(fit, trial - total[l], trial)),
-                             quo[l].eq(Cat(fit, quo[l][:-1]))]
+                fit, rest = arith.restoring_step(rem[l], total[l])
+                m.d.sync += [rem[l].eq(rest), quo[l].eq(Cat(fit, quo[l][:-1]))]
             m.d.sync += div_step.eq(div_step + 1)
             with m.If(div_step == K - 1):
                 m.d.sync += [phase.eq(_Phase.OUT), rd_addr.eq(0)]
@@ -259,9 +250,8 @@ class SoftmaxUnit(wiring.Component):
         with m.If(adv & out_phase):
             m.d.sync += o.valid.eq(s2_valid)
             with m.If(s2_valid):
-                probs = [arith.saturate(
-                    arith.round_shift(s2_prod[l], Const(prob_shift)), contract.PROB)
-                    for l in range(V)]
+                # s2_prod is e * recip here (one multiplier per lane serves both passes).
+                probs = [arith.softmax_prob(s2_prod[l]) for l in range(V)]
                 m.d.sync += o.payload.eq(pack_layout(
                     m, softmax_output_layout(cfg), {"prob": probs, "last": s2_last},
                     name="o_next"))
