@@ -52,8 +52,9 @@ def _task(index, mutated, out):
                    else (check.mode, check.depth))
     v = run_sby(top, work, mode=mode, depth=depth, cut_multipliers=check.cut)
     if v.status == "FAIL" and isinstance(dut, Miter):
-        v.detail = _inputs_at(work, v.step, {n: Shape.cast(mb.shape) for n, mb in
-                                             dut.signature.members.items()})
+        # A pipeline's failing output belongs to the inputs `latency` steps before.
+        v.detail = _inputs_at(work, v.step - dut.latency, {
+            n: Shape.cast(mb.shape) for n, mb in dut.signature.members.items()})
     return index, mutated, v
 
 

@@ -51,7 +51,7 @@ class Miter(wiring.Component):
 
     def __init__(self, inputs, design, reference, domain=None, latency=0):
         self._design, self._reference, self._domain = design, reference, domain
-        self._latency = latency
+        self.latency = self._latency = latency
         super().__init__({name: In(shape) for name, shape in inputs.items()})
 
     def elaborate(self, platform):
