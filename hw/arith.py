@@ -6,7 +6,7 @@ widths and randomly at full width. :func:`bits_for` and :func:`log2_exact` (elab
 widths, re-exported from the contract) are the exception: they compute on Python ``int``.
 """
 
-from amaranth.hdl import Array, Cat, Const, Mux, signed, unsigned
+from amaranth.hdl import Array, Const, Mux, signed, unsigned
 
 from golden import contract
 # Widths of indices: stdlib-only, in the contract, so that hw.config (no Amaranth) uses them too.

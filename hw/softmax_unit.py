@@ -30,7 +30,7 @@ and dropped up to the one with ``last``, which still closes the block (the outpu
 the first ``max_tokens`` beats).
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out

@@ -12,7 +12,7 @@ Bounds come from the components' docstrings (cycles a block occupies a unit) plu
 pipeline's registers, not from a run.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 from amaranth.asserts import AnySeq

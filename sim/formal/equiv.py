@@ -211,7 +211,7 @@ def _divider_step(m, i):
 
 
 def _requantiser_check():
-    from hw.requantiser import Requantiser, latency, requantiser_input_layout
+    from hw.requantiser import Requantiser, latency
     cfg = preset("large").replace(requant_lanes=1, requant_steps=4)
     L = latency(cfg)
 

@@ -120,6 +120,17 @@ class Harness(wiring.Component):
         m.d.sync += reg.eq(value)
         return reg
 
+    def waited(self, m, port, when=1):
+        """High when ``port`` (a stream) had a beat waiting (valid, not ready) in the step
+        before, in a step with ``when``; :meth:`held` is then what the stream rules require."""
+        self._held = getattr(self, "_held", {})
+        self._held[id(port)] = self.past(m, Value.cast(port.payload))
+        return self.started & self.past(m, port.valid & ~port.ready & when)
+
+    def held(self, port):
+        """``valid`` still high and the payload unchanged since the step :meth:`waited` saw."""
+        return port.valid & (Value.cast(port.payload) == self._held[id(port)])
+
     def _drive(self, m, path, port):
         pin = self.pins.get(path)
         port = Value.cast(port)
@@ -146,10 +157,8 @@ class Harness(wiring.Component):
                 payload = Value.cast(s.port.payload)
                 m.d.comb += [s.port.valid.eq(AnySeq(1)), payload.eq(AnySeq(len(payload)))]
                 # The environment follows the stream rules: a beat waits until taken.
-                waiting = self.past(m, s.port.valid & ~s.port.ready)
-                held = self.past(m, payload)
-                with m.If(self.started & waiting):
-                    m.d.comb += Assume(s.port.valid & (payload == held))
+                with m.If(self.waited(m, s.port)):
+                    m.d.comb += Assume(self.held(s.port))
             else:
                 self._drive(m, s.path + ".ready", s.port.ready)
         for prop in self.props:

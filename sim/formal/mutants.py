@@ -13,7 +13,7 @@ from amaranth.asserts import AnySeq
 from sim.formal.harness import internal
 
 __all__ = ["Mutant", "replace_function", "withdraw", "duplicate", "take_always", "stick", "unstick",
-           "stuck_signal", "forced"]
+           "forced"]
 
 
 @dataclass(frozen=True)
@@ -105,11 +105,3 @@ def forced(name, value, description):
     def patch(dut, m):
         m.d.comb += internal(m, name).eq(value)
     return Mutant(description, patch)
-
-
-def stuck_signal(name, value, description):
-    """The internal register ``name`` is forced to ``value`` (a stuck-at fault)."""
-    def patch(dut, m):
-        m.d.sync += internal(m, name).eq(value)
-    return Mutant(description, patch)
-

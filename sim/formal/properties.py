@@ -15,7 +15,7 @@ example from the first error flag on (:func:`no_error_yet`): the input was malfo
 purpose, and the flag's own property covers that case.
 """
 
-from amaranth.hdl import Assert, Assume, Const, Signal, Value, signed
+from amaranth.hdl import Assert, Assume, Const, Signal, signed
 
 __all__ = ["stream_rules", "stream_rules_inside", "no_error_yet", "conservation", "response", "sticky", "fires", "fires_last"]
 
@@ -46,12 +46,8 @@ def stream_rules(path, when=None):
     beat is taken (only for waits that begin in a cycle with ``when(h, m)``, if given)."""
     def prop(h, m):
         s = h.stream[path].port
-        begins = s.valid & ~s.ready
-        waiting = h.past(m, begins & when(h, m) if when else begins)
-        payload = Value.cast(s.payload)
-        held = h.past(m, payload)
-        with m.If(h.started & waiting):
-            m.d.comb += [Assert(s.valid), Assert(payload == held)]
+        with m.If(h.waited(m, s, when(h, m) if when else 1)):
+            m.d.comb += [Assert(s.valid), Assert(h.held(s))]
     return prop
 
 
