@@ -18,12 +18,13 @@ SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export AMARANTH_USE_YOSYS := builtin
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install verilog test eval bench cycles soak formal demo vectors bitstream selftest synth clean help
+.PHONY: install verilog test eval search bench cycles soak formal demo vectors bitstream selftest synth clean help
 
 help:
 	@echo "make verilog     generate Verilog of every top for the presets tiny, default, vidt (PRESET=...) into build/verilog/<preset>/"
 	@echo "make test        run unit tests and cocotb co-simulation (Icarus and Verilator); FAST=1 skips slow extras"
-	@echo "make eval        top-1 against ideal computation saving of the benchmark model -> build/eval/ (FULL=1: full sweep)"
+	@echo "make eval        top-1 against ideal computation saving of the benchmark model on 500 test clips, the validation search's choices with paired 95% intervals, cost columns and granularity curves -> build/eval/ (FULL=1: 3000 clips)"
+	@echo "make search      every choice make eval reports, made on the validation split: attention order, each technique's setting, uniform and layerwise evolutionary search -> golden/weights/vidt_bench_search.json (committed), build/search/search.png (~25 min)"
 	@echo "make bench       linear and attention engine and run-through cycles on the benchmark model (Verilator) -> build/bench/{linear,attention,run_through}.json, {linear,attention}.md; FULL=1 adds a whole block per stage at 49/196/392 tokens -> build/bench/block.{json,md} and the whole model on two held-out clips -> build/bench/model.{json,md}"
 	@echo "make cycles     the cycle model extrapolated: VideoMAE-B- and ViT-S-like models at 392-1568 tokens, presets, rows x lanes, the shared array against split engines -> build/cycles/cycles.{json,md}, throughput.png"
 	@echo "make formal      SymbiYosys proofs: stream rules, conservation, bounded response, sticky errors of the leaf components; the arithmetic against the contract; each with a mutant that must fail -> build/formal/formal.{json,md} (QUICK=1: the CI subset)"
@@ -54,10 +55,14 @@ demo: $(STAMP)
 	$(PY) -m boards.demo $(if $(PORT),--port $(PORT),) $(if $(MODEL),--model $(MODEL),)
 
 test: $(STAMP)
-	$(PY) -m pytest -n $(JOBS) $(PYTEST_SEL) tests
+	@# worksteal: the long co-simulations do not queue behind each other on one worker.
+	$(PY) -m pytest -n $(JOBS) --dist worksteal --durations=15 $(PYTEST_SEL) tests
 
 eval: $(STAMP)
 	$(PY) -m golden.eval --out build/eval $(if $(FULL),--full,)
+
+search: $(STAMP)
+	$(PY) -m golden.search
 
 bench: $(STAMP)
 	@mkdir -p build/bench

@@ -8,8 +8,8 @@ its output ``y_ref = W r + b`` (accumulator units). For a token ``x`` at that po
 
 so ``y == W r + b`` exactly (the reference moves only by what was sent, so the error never
 drifts) and only ``nnz(delta~)`` weight columns are touched. A position with no reference
-(frame 0, or a token that STA pruning removed so far) is computed densely and becomes the
-reference. Tokens are processed frame by frame in frame-major order.
+(frame 0, or a token that STA pruning removed so far) is computed densely (its nonzero
+elements: :mod:`golden.macs`) and becomes the reference. Tokens are processed frame by frame in frame-major order.
 
 The nonzero ``delta~`` elements are exactly what the hardware bitmap decoder consumes:
 :func:`token_streams` turns one into the contract's bitmap and value streams.
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from golden import contract
+from golden import contract, macs
 from golden.blocks import bitmap_token_streams
 
 __all__ = ["DeltaLinear", "LayerCount", "token_streams"]
@@ -36,6 +36,8 @@ class LayerCount:
     dense_tokens: int = 0
     sent: int = 0           # nonzero delta elements sent (delta tokens only)
     elements: int = 0       # delta elements examined (delta tokens only)
+    dense_sent: int = 0     # nonzero elements of the dense tokens (the encoder drops zeros)
+    compares: int = 0       # the delta encoder's compares (golden.macs.delta_compares)
 
 
 @dataclass
@@ -114,13 +116,16 @@ class DeltaLinear:
         out_f, in_f = self.layer.weight.shape
         n_dense, n_tok = int((dense & valid).sum()), int(valid.sum())
         sent = int((send & valid[..., None]).sum())
+        dense_sent = int(((x != 0) & (dense & valid)[..., None]).sum())
         c = self.count
         c.tokens += n_tok
         c.dense_tokens += n_dense
-        c.dense += n_tok * in_f * out_f
-        c.performed += (n_dense * in_f + sent) * out_f
+        c.dense += macs.dense_linear(n_tok, in_f, out_f)
+        c.performed += macs.linear(dense_sent + sent, out_f)
         c.sent += sent
         c.elements += (n_tok - n_dense) * in_f
+        c.dense_sent += dense_sent
+        c.compares += macs.delta_compares(n_tok, in_f)
         return y
 
     def __call__(self, x, frames, spatial):

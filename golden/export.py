@@ -51,7 +51,7 @@ import torch
 
 from golden import contract
 from golden.sparse import DELTA_LAYERS, SparseExecution
-from golden.subvector import SubvectorAttention, column_masks
+from golden.subvector import SubvectorAttention, column_masks, unit_order
 
 __all__ = ["Recorder", "export", "load", "linear_vectors", "LINEAR_ARRAYS", "ATTENTION_ARRAYS"]
 
@@ -70,6 +70,7 @@ class Recorder(SparseExecution):
         self.block = block
         self.linears = {}
         self.attention_trace = None
+        self.attention_tokens = None
 
     def linear(self, block, name, layer, x, tokens):
         acc = super().linear(block, name, layer, x, tokens)
@@ -77,6 +78,11 @@ class Recorder(SparseExecution):
             self.linears[name] = dict(layer=layer, x=x[0], frame=tokens.frame[0],
                                       spatial=tokens.spatial[0], acc=acc[0])
         return acc
+
+    def attention_keep(self, block, q, k, tokens=None, scale=None):
+        if block == self.block:
+            self.attention_tokens = tokens
+        return super().attention_keep(block, q, k, tokens, scale)
 
     def trace(self, block, name, **tensors):
         if block == self.block and name == "attention":
@@ -129,7 +135,26 @@ def _replay_linear(rec, tau, n_s, delta_on):
                 weight=w, bias=layer.bias, mult=layer.mult, shift=layer.shift)
 
 
-def _attention_arrays(trace, blk, v, attention):
+def _unit_ordered(trace, tokens, attention, grid_width):
+    """The attention trace in the hardware's unit order (:func:`golden.subvector.unit_order`):
+    rows of Q, K, V, P V and the output, rows and columns of the keep mask, scores and
+    probabilities permuted alike, so that the engine, which takes ``v`` consecutive queries as
+    a sub-vector, computes the same thing; and the permutation (``order[i]`` = the model's
+    token at position ``i``)."""
+    perm = unit_order(attention.order, tokens.frame, tokens.spatial, grid_width)[0]
+    out = dict(trace)
+    for name in ("q", "k", "v", "pv", "out"):
+        out[name] = trace[name][:, perm]
+    for name in ("keep", "scores", "probs"):
+        if trace[name] is not None:
+            out[name] = trace[name][:, perm][:, :, perm]
+    return out, perm
+
+
+def _attention_arrays(trace, blk, v, attention, tokens=None, grid_width=None):
+    order = None
+    if attention is not None and attention.order != "frame":
+        trace, order = _unit_ordered(trace, tokens, attention, grid_width)
     q, k = trace["q"], trace["k"]
     if attention is None:
         pred = torch.zeros(q.shape[0], q.shape[1], k.shape[1], dtype=torch.int64)
@@ -139,14 +164,18 @@ def _attention_arrays(trace, blk, v, attention):
         keep = trace["keep"]
     masks = torch.tensor([column_masks(keep[h], v) for h in range(keep.shape[0])],
                          dtype=torch.int64)
-    return dict(q=q, k=k, v=trace["v"], pred=pred, keep=keep, column_masks=masks,
-                scores=trace["scores"], probs=trace["probs"], pv=trace["pv"], out=trace["out"],
-                softmax_mult=blk.softmax_mult, softmax_shift=blk.softmax_shift,
-                attn_mult=blk.attn_mult, attn_shift=blk.attn_shift)
+    arrays = dict(q=q, k=k, v=trace["v"], pred=pred, keep=keep, column_masks=masks,
+                  scores=trace["scores"], probs=trace["probs"], pv=trace["pv"],
+                  out=trace["out"], softmax_mult=blk.softmax_mult,
+                  softmax_shift=blk.softmax_shift, attn_mult=blk.attn_mult,
+                  attn_shift=blk.attn_shift)
+    if order is not None:
+        arrays["order"] = order
+    return arrays
 
 
 @torch.no_grad()
-def export(qmodel, clip, block, out: Path, *, tau=None, rho=1.0, v=8, r=0,
+def export(qmodel, clip, block, out: Path, *, tau=None, rho=1.0, v=8, r=0, order="frame",
            layers=DELTA_LAYERS + ("attention",), extra=None) -> dict:
     """Run ``qmodel`` on one uint8 clip ``[1, C, T, H, W]`` and write ``block``'s vectors.
 
@@ -161,6 +190,11 @@ def export(qmodel, clip, block, out: Path, *, tau=None, rho=1.0, v=8, r=0,
         Sub-vector length (hardware lanes).
     r : int
         STA tokens dropped per group and stage (``0``: none).
+    order : {"frame", "position"}
+        Token order of sub-vector attention (:mod:`golden.subvector`). Other than ``frame``,
+        the attention vectors are written in that unit order, with the permutation as
+        ``order`` (``order[i]``: the model's token at position ``i``); the RTL then takes them
+        as they are.
     extra : dict, optional
         Added to the manifest (e.g. clip index and split).
 
@@ -177,18 +211,21 @@ def export(qmodel, clip, block, out: Path, *, tau=None, rho=1.0, v=8, r=0,
     unknown = set(layers) - set(DELTA_LAYERS + ("attention",))
     if unknown:
         raise ValueError("Unknown layers {}".format(sorted(unknown)))
-    attention = SubvectorAttention(v, rho) if rho < 1 else None
+    attention = (SubvectorAttention(v, rho, order=order, grid_width=cfg.width // cfg.patch)
+                 if rho < 1 else None)
     pruner = STAPruner(cfg.n_t, cfg.n_s, r, cfg.depth) if r else None
     run = Recorder(cfg.n_s, block, tau=tau, attention=attention, pruner=pruner)
     logits = qmodel(clip, run)
     blk = qmodel.blocks[block]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    manifest = dict(block=block, tau=tau, rho=rho, v=v, r=r, n_s=cfg.n_s, heads=cfg.heads,
+    manifest = dict(block=block, tau=tau, rho=rho, v=v, r=r, order=order, n_s=cfg.n_s,
+                    heads=cfg.heads,
                     head_dim=cfg.head_dim, logits=logits[0].tolist(), layers={}, **(extra or {}))
     for name in layers:
         if name == "attention":
-            arrays = _attention_arrays(run.attention_trace, blk, v, attention)
+            arrays = _attention_arrays(run.attention_trace, blk, v, attention,
+                                       run.attention_tokens, cfg.width // cfg.patch)
             fmt = dict(q=contract.ACT, k=contract.ACT, v=contract.ACT, probs=contract.PROB,
                        out=contract.ACT)
         else:
@@ -229,6 +266,7 @@ def main(argv=None):
     p.add_argument("--tau", type=int, default=None, help="delta threshold (default: dense)")
     p.add_argument("--rho", type=float, default=1.0, help="attention keep ratio")
     p.add_argument("--r", type=int, default=0, help="STA tokens dropped per group")
+    p.add_argument("--order", default="frame", help="sub-vector token order (frame, position)")
     p.add_argument("--v", type=int, default=None, help="sub-vector length (default preset)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
@@ -238,7 +276,7 @@ def main(argv=None):
     out = args.out or Path("build/vectors") / f"{args.split}{args.clip}_block{args.block}"
     videos, labels = benchmark.clips(1, args.split, start=args.clip)
     m = export(benchmark.int_model(), videos, args.block, out, tau=args.tau, rho=args.rho,
-               v=args.v, r=args.r, extra=dict(clip=args.clip, split=args.split,
+               v=args.v, r=args.r, order=args.order, extra=dict(clip=args.clip, split=args.split,
                                               label=int(labels[0])))
     for name, info in m["layers"].items():
         print(f"{out / info['file']}: " + ", ".join(f"{k}{tuple(s)}" for k, s in

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from golden import contract, qtorch
+from golden import contract, macs, qtorch
 from golden.vidt import VidT, block_dataflow, tubelets
 
 __all__ = ["int_matmul", "attention_core", "QLinear", "QLayerNorm", "IntBlock", "IntVidT",
@@ -182,12 +182,14 @@ class Execution:
 
     def linear(self, block, name, layer, x, tokens):
         """Accumulators ``W x + b`` of a token-wise layer."""
-        n = x.shape[0] * x.shape[1] * layer.macs_per_token
+        out_f, in_f = layer.weight.shape
+        n = macs.dense_linear(x.shape[0] * x.shape[1], in_f, out_f)
         self.count(block, name, n, n)
         return layer.accumulate(x)
 
-    def attention_keep(self, block, q, k):
-        """Mask of the score entries to compute (``None``: all)."""
+    def attention_keep(self, block, q, k, tokens=None, scale=None):
+        """Mask of the score entries to compute (``None``: all); ``tokens`` place the
+        tokens, ``scale`` is the block's softmax ``(mult, shift)``."""
         return None
 
     def prune(self, block, x, keys, tokens):
@@ -254,10 +256,13 @@ class _IntOps:
     def attend(self, q, k, v):
         blk, run, index = self.blk, self.run, self.index
         b, heads, n, hd = q.shape
-        keep = run.attention_keep(index, q, k)
+        keep = run.attention_keep(index, q, k, self.tokens, (blk.softmax_mult,
+                                                              blk.softmax_shift))
         computed = b * heads * n * n if keep is None else int(keep.sum())
-        run.count(index, "qk", b * heads * n * n * hd, computed * hd)
-        run.count(index, "av", b * heads * n * n * hd, computed * hd)
+        # golden.macs.attention: Q K^T and A V, head_dim MACs per computed entry each.
+        dense, performed = macs.dense_attention(n, heads, hd) * b, macs.attention(computed, hd)
+        run.count(index, "qk", dense // 2, performed // 2)
+        run.count(index, "av", dense // 2, performed // 2)
         scores, p, pv, o = attention_core(q, k, v, keep, blk.softmax_mult, blk.softmax_shift,
                                           blk.attn_mult, blk.attn_shift)
         run.trace(index, "attention", q=q, k=k, v=v, keep=keep, scores=scores, probs=p, pv=pv,

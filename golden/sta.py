@@ -264,8 +264,9 @@ class STAPruner:
     ----------
     n_t, n_s : int
         Token frames (a multiple of 4) and tokens per frame of the unpruned clip.
-    r : int
-        Tokens dropped per group at each stage (0 disables pruning).
+    r : int or sequence of three ints
+        Tokens dropped per group at each stage (0 disables pruning); three values give each
+        stage its own (the layerwise search's choice; a stage at 0 keeps every token).
     depth : int
         Number of blocks ``L`` (sets the stage blocks, :func:`stage_blocks`).
 
@@ -283,27 +284,31 @@ class STAPruner:
         One per stage run so far.
     """
 
-    def __init__(self, n_t: int, n_s: int, r: int, depth: int):
+    def __init__(self, n_t: int, n_s: int, r, depth: int):
         if n_t < 4 or n_t % 4:
             raise ValueError(f"STA groups frames in fours at stage 3: n_t={n_t} must be a "
                              "positive multiple of 4")
-        if n_s < 1 or r < 0:
+        rs = tuple(r) if isinstance(r, (list, tuple)) else (r,) * 3
+        if len(rs) != 3 or not all(isinstance(x, int) for x in rs):
+            raise ValueError(f"r must be an int or three ints (one per stage), not {r!r}")
+        if n_s < 1 or min(rs) < 0:
             raise ValueError(f"need n_s >= 1 and r >= 0, not n_s={n_s}, r={r}")
         self.n_t, self.n_s, self.r, self.depth = n_t, n_s, r, depth
         self.blocks = stage_blocks(depth)
         self.schedule = []
         tokens, n_groups, size = n_t * n_s, n_t, n_s
-        for stage, block in enumerate(self.blocks, 1):
+        for stage, (block, r) in enumerate(zip(self.blocks, rs), 1):
             if stage > 1:
-                n_groups, size = n_groups // 2, 2 * (size - r)
+                n_groups, size = n_groups // 2, 2 * kept
             # The first group drops evens only; every group must keep a token.
             if r > (size + 1) // 2 or r >= size:
                 raise ValueError(f"r={r} too large: stage {stage} groups hold {size} tokens, "
                                  f"{(size + 1) // 2} of them at even positions")
+            kept = size - r
             self.schedule.append(dict(stage=stage, block=block, n_groups=n_groups,
-                                      group_size=size, kept=size - r, tokens_in=tokens,
-                                      tokens_out=n_groups * (size - r)))
-            tokens = n_groups * (size - r)
+                                      group_size=size, kept=kept, r=r, tokens_in=tokens,
+                                      tokens_out=n_groups * kept))
+            tokens = n_groups * kept
         self.positions = None
         self.records = []
         self._next = 0          # index of the next stage to run
@@ -430,7 +435,7 @@ class STAPruner:
     def _run_stage(self, sched: dict, metric: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
         """Select within each group; return int64 ``[B, N']`` kept token indices, ascending."""
         b = act.shape[0]
-        n_groups, size, kept, r = sched["n_groups"], sched["group_size"], sched["kept"], self.r
+        n_groups, size, kept, r = (sched[k] for k in ("n_groups", "group_size", "kept", "r"))
         metric = metric.reshape(b, n_groups, size, -1)
         act = act.reshape(b, n_groups, size)
         order = list(range(n_groups))

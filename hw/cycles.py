@@ -58,7 +58,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from golden import contract
+from golden import contract, macs
 
 __all__ = ["TOLERANCE", "LinearWork", "AttentionWork", "BlockWork", "BlockSparsity", "Result",
            "ArraySchedule", "linear_client", "attention_client", "predictor_client",
@@ -217,21 +217,20 @@ class BlockWork:
 
 
 def ideal_linear_macs(work):
-    """Performed MACs of a linear layer: sent elements x ``d_out`` (the engine's
-    ``mac_lanes``)."""
-    return work.sent_elements * work.d_out
+    """Performed MACs of a linear layer (:func:`golden.macs.linear`: sent elements x
+    ``d_out``, the engine's ``mac_lanes``)."""
+    return macs.linear(work.sent_elements, work.d_out)
 
 
 def ideal_attention_macs(work, lanes):
     """Performed MACs of attention: kept score entries x ``head_dim``, for QK^T and for A V
     (the engine's ``mac_lanes``; lanes past ``N`` in a partial block do nothing)."""
-    total = 0
+    kept = 0
     for seq in work.kept:
         for head in seq:
             for b, n in enumerate(head):
-                queries = min(lanes, work.tokens - b * lanes)
-                total += 2 * n * queries * work.head_dim
-    return total
+                kept += n * min(lanes, work.tokens - b * lanes)
+    return macs.attention(kept, work.head_dim)
 
 
 # --- The shared array. -------------------------------------------------------------------
@@ -890,14 +889,16 @@ class BlockSparsity:
     ``tokens`` entering the block (after token pruning), ``dense_tokens`` of them without a
     delta reference (run dense: the first frame, or tokens pruning revealed), ``sent[layer]``
     the fraction of its inputs a delta token sends for each of ``qkv``, ``proj``, ``fc1``,
-    ``fc2`` (missing: 1, dense), ``rho`` the attention keep ratio (1: dense attention, no
-    predictor), ``sequences`` the attention sequences the tokens form (``tokens`` a multiple
-    of it)."""
+    ``fc2`` (missing: 1, dense), ``dense_sent[layer]`` the fraction a dense token sends (its
+    nonzero elements, :mod:`golden.macs`; missing: 1), ``rho`` the attention keep ratio (1:
+    dense attention, no predictor), ``sequences`` the attention sequences the tokens form
+    (``tokens`` a multiple of it)."""
     tokens: int
     sent: dict = field(default_factory=dict)
     dense_tokens: int = 0
     rho: float = 1.0
     sequences: int = 1
+    dense_sent: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if not isinstance(self.tokens, int) or self.tokens < 1 or self.tokens % self.sequences:
@@ -906,10 +907,11 @@ class BlockSparsity:
         if not 0 <= self.dense_tokens <= self.tokens:
             raise ValueError("dense_tokens must be in 0 .. {}, not {!r}".format(
                 self.tokens, self.dense_tokens))
-        for name, f in self.sent.items():
-            if name not in PROJECTIONS or not 0 <= f <= 1:
-                raise ValueError("sent must map qkv, proj, fc1, fc2 to fractions in [0, 1], "
-                                 "not {!r}: {!r}".format(name, f))
+        for what in ("sent", "dense_sent"):
+            for name, f in getattr(self, what).items():
+                if name not in PROJECTIONS or not 0 <= f <= 1:
+                    raise ValueError("{} must map qkv, proj, fc1, fc2 to fractions in [0, 1], "
+                                     "not {!r}: {!r}".format(what, name, f))
         if not 0 < self.rho <= 1:
             raise ValueError("rho must be in (0, 1], not {!r}".format(self.rho))
 
@@ -918,7 +920,7 @@ def block_work(config, sparsity, *, d, heads, mlp_ratio=4):
     """The :class:`BlockWork` of a block of width ``d`` with ``heads`` heads from its
     :class:`BlockSparsity`: every delta token of a layer sends ``round(sent x d_in)`` of its
     inputs, spread evenly over the bitmap words (the spread of the counts between tokens is
-    not modelled), the dense tokens all of them; attention keeps ``keep_count(N, rho)``
+    not modelled), a dense token ``round(dense_sent x d_in)``; attention keeps ``keep_count(N, rho)``
     columns in every query block."""
     if d % heads or d % config.bitmap_word:
         raise ValueError("d ({!r}) must be a multiple of heads ({!r}) and of bitmap_word ({!r})"
@@ -929,7 +931,8 @@ def block_work(config, sparsity, *, d, heads, mlp_ratio=4):
     layers = {}
     for name, (d_in, d_out) in shapes.items():
         n = round(sp.sent.get(name, 1.0) * d_in)
-        counts = [d_in] * sp.dense_tokens + [n] * (sp.tokens - sp.dense_tokens)
+        nd = round(sp.dense_sent.get(name, 1.0) * d_in)
+        counts = [nd] * sp.dense_tokens + [n] * (sp.tokens - sp.dense_tokens)
         layers[name] = LinearWork.from_counts(counts, d_in, d_out, config.bitmap_word)
     n = sp.tokens // sp.sequences
     keep = contract.keep_count(n, sp.rho)
@@ -971,11 +974,11 @@ def model_cycles(config, blocks, *, d, heads, mlp_ratio=4, embed_in=None, classe
 
 def block_macs(config, work):
     """Performed MACs of a block: the four projections, attention, and the predictor's
-    ``ceil(N / lanes) x N x head_dim`` per head (when it runs)."""
+    ``ceil(N / lanes) x N x head_dim`` per head (when it runs; :mod:`golden.macs`)."""
     att = work.attention
-    macs = sum(ideal_linear_macs(w) for w in work.layers.values())
-    macs += ideal_attention_macs(att, config.lanes)
+    total = sum(ideal_linear_macs(w) for w in work.layers.values())
+    total += ideal_attention_macs(att, config.lanes)
     if work.predict:
-        macs += att.sequences * att.heads * _ceil(att.tokens, config.lanes) * att.tokens \
-            * att.head_dim
-    return macs
+        total += att.sequences * att.heads * macs.predictor(
+            _ceil(att.tokens, config.lanes), att.tokens, att.head_dim)
+    return total

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from golden.subvector import SubvectorAttention
 from hw.keep_select import keep_count
 from sim.attention_job import block_masks, qkv_beats
@@ -21,6 +23,8 @@ def predicted_keep(config, seq, rho):
     predictor MACs (0 when ``rho`` keeps every column: the hardware then issues no products)."""
     n = seq.q.shape[1]
     mask, macs = SubvectorAttention(config.lanes, rho).keep(0, seq.q[None], seq.k[None])
+    if mask is None:        # rho = 1: dense attention, no predictor
+        return torch.ones(seq.q.shape[0], n, n, dtype=torch.bool), 0
     return mask[0], (0 if keep_count(n, rho) >= n else macs)
 
 

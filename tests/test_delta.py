@@ -52,7 +52,11 @@ def test_output_equals_dense_on_the_reference(tau):
     assert int((state.ref - x[:, -n_s:]).abs().max()) <= tau
     c = state.count
     assert c.dense == 2 * n_t * n_s * 20 * 12
-    assert c.performed == (2 * n_s * 20 + c.sent) * 12 < c.dense
+    # golden.macs: a dense token sends its nonzero elements, a delta token its nonzero deltas.
+    nonzero0 = int((x[:, :n_s] != 0).sum())
+    assert c.dense_sent == nonzero0
+    assert c.performed == (nonzero0 + c.sent) * 12 < c.dense
+    assert c.compares == 2 * n_t * n_s * 20
     assert c.dense_tokens == 2 * n_s
 
 
@@ -67,7 +71,8 @@ def test_threshold_saves_monotonically():
         state(x, i // 5, i % 5)
         performed.append(state.count.performed)
     assert performed == sorted(performed, reverse=True) and performed[0] > performed[-1]
-    assert performed[-1] == 2 * 5 * 20 * 12          # only frame 0 (dense) remains
+    # Only frame 0 (dense, its nonzero elements) remains.
+    assert performed[-1] == int((x[:, :5] != 0).sum()) * 12
 
 
 def test_bitmaps_carry_the_sent_deltas():
@@ -137,3 +142,14 @@ def test_delta_after_token_pruning_with_ragged_frames(small_int_model):
                             for i in range(4)])
     assert torch.equal(qmodel(clips, SparseExecution(cfg.n_s, tau=2, pruner=pruner())),
                        one_by_one)
+
+
+def test_per_block_thresholds():
+    run = SparseExecution(5, tau=[None, 3, {"fc1": 2}])
+    assert [run.tau(0, "qkv"), run.tau(1, "qkv"), run.tau(2, "fc1"), run.tau(2, "qkv"),
+            run.tau(3, "qkv")] == [None, 3, 2, None, None]
+    assert SparseExecution(5, tau=4).tau(7, "fc2") == 4
+    with pytest.raises(ValueError, match="No delta projection"):
+        SparseExecution(5, tau=[{"attn": 1}])
+    with pytest.raises(ValueError, match="None, an int or a dict"):
+        SparseExecution(5, tau=[1.5])

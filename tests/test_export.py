@@ -104,3 +104,35 @@ def test_bad_requests_fail_clearly(small_int_model, tmp_path):
         export(qmodel, clips[:2], 0, tmp_path)
     with pytest.raises(ValueError, match="Unknown layers"):
         export(qmodel, clips[:1], 0, tmp_path, layers=("qk",))
+
+
+def test_position_order_export_is_in_unit_order(small_int_model, tmp_path):
+    """With the position-major token order the attention vectors come in the hardware's unit
+    order: the engine's consecutive-query sub-vectors are then the policy's units, and every
+    tensor is the frame-order export's, permuted."""
+    from golden.intvidt import Tokens
+    from golden.subvector import unit_order
+    _, qmodel, clips = small_int_model
+    cfg = qmodel.cfg
+    m = export(qmodel, clips[:1], 1, tmp_path, rho=RHO, v=V, order="position",
+               layers=("attention",))
+    assert m["order"] == "position"
+    a = {k: (_t(v) if isinstance(v, np.ndarray) else v) for k, v in load(tmp_path, "attention").items()}
+    assert set(a) == set(ATTENTION_ARRAYS) | {"order"}
+    full = Tokens.full(1, cfg.n_t, cfg.n_s)
+    perm = unit_order("position", full.frame, full.spatial, cfg.width // cfg.patch)[0]
+    assert torch.equal(a["order"], perm)
+    # In unit order, the policy's units are V consecutive queries: the frame-order policy on the
+    # permuted Q and K gives the exported mask, and the column masks encode it.
+    keep = a["keep"].bool()
+    want, _ = SubvectorAttention(V, RHO).keep(0, a["q"][None], a["k"][None])
+    assert torch.equal(keep, want[0])
+    n = keep.shape[-1]
+    bits = (a["column_masks"][..., None] >> torch.arange(-(-n // V))) & 1
+    assert torch.equal(bits.repeat_interleave(V, -1)[..., :n].transpose(-2, -1).bool(), keep)
+    blk = qmodel.blocks[1]
+    assert torch.equal(a["scores"], a["q"] @ a["k"].transpose(-2, -1))
+    assert torch.equal(a["out"], qtorch.requantize(qtorch.softmax(a["scores"], keep,
+                                                                  blk.softmax_mult,
+                                                                  blk.softmax_shift) @ a["v"],
+                                                   blk.attn_mult, blk.attn_shift))

@@ -159,6 +159,9 @@ def test_keep_count_matches_golden_keep():
         k = torch.randint(-128, 128, (1, 1, n, 4))
         for rho in (1.0, 0.5, 0.25, 0.1, 1 / 3, 0.77, 0.01):
             mask, _ = SubvectorAttention(4, rho).keep(0, q, k)
+            if rho == 1.0:      # dense attention: no mask, every column
+                assert mask is None and keep_count(n, rho) == n
+                continue
             assert set(mask[0, 0].sum(-1).tolist()) == {keep_count(n, rho)}, (n, rho)
 
 
@@ -277,6 +280,8 @@ def test_golden_predictor_rows():
         att = SubvectorAttention(V, rho)
         pred, _, _ = att.predict(q, k)
         mask, _ = att.keep(0, q, k)
+        if mask is None:        # rho = 1: dense, every column kept
+            mask = torch.ones(1, 1, n, n, dtype=torch.bool)
         rows = pred[0, 0].tolist()
         kk = keep_count(n, rho)
         blocks = [blk(r, kk, head_last=int(b == len(rows) - 1)) for b, r in enumerate(rows)]
