@@ -335,10 +335,13 @@ def _markdown(report) -> str:
         "cycle saving |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    shown = set()
     for group in ("reference", "chosen", "curve"):
         for p in report["points"]:
-            if p["group"] != group:
+            key = json.dumps(p["params"], sort_keys=True)
+            if p["group"] != group or key in shown:  # a chosen point on a curve: one row
                 continue
+            shown.add(key)
             c = p["costs_per_clip"]
             lo, hi = p["ci95_pp"]
             lines.append(
@@ -396,8 +399,8 @@ def _plot(report, search, path):
     ax.minorticks_off()
     ax.set_xlabel("ideal computation saving (dense MACs / all work, overheads included)")
     ax.set_ylabel("top-1 difference from dense int8 (pp)")
-    ax.set_title(f"Benchmark VidT: accuracy against computation saved "
-                 f"({report['clips']} test clips, 95 % paired intervals)")
+    ax.set_title(f"Benchmark VidT: accuracy against computation saved\n"
+                 f"({report['clips']} test clips, 95 % paired intervals)", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()

@@ -109,8 +109,9 @@ def test_search_operators_stay_on_the_grid():
 def test_eval_report_on_a_few_clips(tmp_path):
     torch.set_num_threads(1)
     chosen = search.load()["chosen"]
-    labels = [chosen["delta"]["label"], chosen["search"]["label"], "subvector rho=0.25",
-              "element rho=0.25"]
+    # The chosen attention point is also on its curve (the same label and parameters).
+    labels = [chosen["delta"]["label"], chosen["search"]["label"], chosen["attention"]["label"],
+              "subvector rho=0.25", "element rho=0.25"]
     report = run(12, tmp_path, batch=6, only=labels)
     on_disk = json.loads((tmp_path / "report.json").read_text())
     assert on_disk == report
@@ -137,6 +138,7 @@ def test_eval_report_on_a_few_clips(tmp_path):
     assert 1 < sub["ideal_saving"] < 2 and sub["macs_by_layer"]["select"]["performed"] > 0
     table = (tmp_path / "report.md").read_text()
     assert "| subvector rho=0.25 |" in table and "95 % interval" in table
+    assert table.count(f"| {chosen['attention']['label']} |") == 1     # one row, not two
     for name in ("top1_vs_saving.png", "granularity.png"):
         png = (tmp_path / name).read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
