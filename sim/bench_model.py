@@ -3,8 +3,9 @@ from the generated Verilog under Verilator: logits bit for bit against
 :meth:`golden.intvidt.IntVidT.forward`, the predicted class against the label, and the cycles
 of every pass.
 
-Each clip of the test split runs at the eval's combined operating point (``make eval``'s
-``combined tau=4 r=8 rho=0.75``: delta projections, STA pruning, sub-vector attention): one
+Each clip of the test split runs at a combined operating point (by default ``tau=4 r=8
+rho=0.75``: delta projections, STA pruning, sub-vector attention, in the model's frame token
+order, which the whole-model RTL holds; ``make eval``'s choice uses position order): one
 pass per block (the first with the embedding, the last with the head; STA after the last
 block adds a head pass), every output of every stage checked on the way (``sim.tb_model``).
 ``build/bench/model.json`` has one entry per clip::
@@ -90,7 +91,7 @@ def markdown(cfg, meta, rows):
     lines = [
         "# The whole benchmark model on one PE array: held-out clips under Verilator", "",
         "Preset `{}` ({} rows x {} lanes = {} MACs/cycle), test clips {}, tau = {}, r = {}, "
-        "rho = {} (`make eval`'s combined point); every stage's output bit-exact against the "
+        "rho = {} (delta, STA and sub-vector attention in frame order); every stage's output bit-exact against the "
         "golden model on the way. Ideal = performed MACs / {}. The tokens stay on chip (token "
         "buffer); the STA report beats to the host are inside the cycles; the beats back between "
         "passes (keep lists, one index each; the kept tokens' positions, into each of the four "
