@@ -186,9 +186,10 @@ def _merge_blocks(blocks, run, cfg):
                 if hasattr(c, "tokens") and c.tokens:
                     rec["tokens"] += c.tokens
                     rec["dense_tokens"] += c.dense_tokens
-                else:
-                    rec["tokens"] += c.dense // (cfg.dim * 3 * cfg.dim)
-                    rec["dense_tokens"] += c.dense // (cfg.dim * 3 * cfg.dim)
+                else:           # a dense QKV: every token is a dense one
+                    tokens = c.dense // (cfg.dim * 3 * cfg.dim)
+                    rec["tokens"] += tokens
+                    rec["dense_tokens"] += tokens
             if hasattr(c, "elements"):
                 rec["sent"][name] = rec["sent"].get(name, 0) + c.sent
                 rec["elements"][name] = rec["elements"].get(name, 0) + c.elements
