@@ -32,6 +32,9 @@ After the bitstream, ``<out>/report.json`` summarises the build:
     Multipliers (``MULT18X18D`` / ``SB_MAC16``) and block RAMs (``DP16KD`` / ``SB_RAM40_4K``).
 ``utilization_percent``
     LUTs, DSPs and block RAMs in percent of the part's.
+``critical_path``
+    nextpnr's worst path: its delay (logic and routing), the signals it starts and ends at and
+    the design signals it runs through (:func:`critical_path`).
 ``utilization``, ``yosys_cells``, ``build_seconds``
     Every nextpnr resource count, the Yosys cell counts, wall time of the tool run.
 ``vectors`` (self-test) or ``link`` and ``block_rams_estimated`` (linked designs)
@@ -52,7 +55,8 @@ from pathlib import Path
 
 from hw.config import PRESETS, preset as get_preset
 
-__all__ = ["BOARDS", "Board", "build", "fit", "parse_reports", "main"]
+__all__ = ["BOARDS", "Board", "build", "critical_path", "fit", "lut_multipliers",
+           "parse_reports", "main"]
 
 #: Tools of the YoWASP (pip) toolchain, by the environment variable Amaranth reads.
 YOWASP_TOOLS = {
@@ -94,6 +98,10 @@ class Board:
         UART's ``divisor``) that the FTDI bridge can also make.
     selftest_preset : str or None
         Default preset of the self-test (``preset`` when None).
+    dsps : int or None
+        Multipliers of the part when they are too few for the PE array's lanes and its
+        requantisers' partial products: the lanes beyond them are built in logic
+        (:func:`lut_multipliers`); ``None`` maps every multiplier to a DSP.
     """
     platform: str
     preset: str
@@ -106,6 +114,32 @@ class Board:
     design: str = "selftest"
     baud: int = 3_000_000
     selftest_preset: str = None
+    dsps: int = None
+
+
+def lut_multipliers(config, dsps):
+    """The Yosys commands that build the PE array's last lanes' products in logic when the
+    part's ``dsps`` multipliers cannot take every lane and the requantisers' partial products
+    (two each with ``requant_steps = 4``, one with 3), or ``""`` when they can.
+
+    The lanes are picked by their product wires (``mul_<row>_<lane>``, :class:`hw.pe_array.PEArray`)
+    and built as radix-4 Booth multipliers (Yosys ``booth``) before ``synth_ice40 -dsp`` maps
+    the rest to DSPs.
+    """
+    per_rq = 2 if config.requant_steps == 4 else 1
+    lanes = config.rows * config.lanes
+    spare = dsps - per_rq * config.requant_lanes
+    if spare < 0:
+        raise ValueError("the requantisers need {} multipliers, the part has {}"
+                         .format(per_rq * config.requant_lanes, dsps))
+    n = lanes - min(lanes, spare)
+    if not n:
+        return ""
+    names = ["mul_{}_{}".format(j // config.lanes, j % config.lanes)
+             for j in range(lanes - n, lanes)]
+    # A selection is a stack: the wires, unioned, then their drivers that are multipliers.
+    return "proc; booth {}{} %ci1 t:$mul %i".format(" ".join("w:" + w for w in names),
+                                                    " %u" * (len(names) - 1))
 
 
 BOARDS = {
@@ -124,21 +158,19 @@ BOARDS = {
         # (python -m hw.memories); 25 MHz / 1 Mbaud = 25 cycles a bit (3 Mbaud is 8.33).
         design="run_through_link", baud=1_000_000, selftest_preset="default"),
     # iCEBreaker: red and green LEDs on the main board carry the verdict; heartbeat and done use
-    # the snap-off PMOD's LEDs (LED3, LED4). "-dsp" maps the lane multipliers to SB_MAC16.
-    # The UP5K has exactly 8 of them, one per lane (9 x 9, an 18-bit product); the
-    # requantiser's two partial products (15 x 16 and 14 x 16) would take two more (10/8, no
-    # fit), so every multiplier with a product wider than 20 bits is built in LUTs before
-    # synth_ice40 sees it, as a radix-4 Booth multiplier (3827 logic cells in all for the
-    # whole 29 x 16 product, against 4103 with Yosys's plain shift-and-add techmap).
+    # the snap-off PMOD's LEDs (LED3, LED4). "-dsp" maps multipliers to the UP5K's 8 SB_MAC16:
+    # the requantiser's two unsigned 16 x 16 partial products take two, six lanes the rest, and
+    # the last two lanes' 9 x 9 products are built in logic as radix-4 Booth multipliers
+    # (lut_multipliers). Before, the requantiser's whole 29 x 16 product was built in LUTs
+    # (1333 of the 5280 logic cells) and was the critical path (22.0 MHz).
     "icebreaker": Board(
         platform="amaranth_boards.icebreaker:ICEBreakerPlatform", preset="tiny",
         family="ice40",
         leds={"failed": ("led", 0), "passed": ("led", 1), "heartbeat": ("led", 3),
               "done": ("led", 4)},
         bitstream="top.bin",
-        build_opts={"synth_opts": "-dsp",
-                    "script_after_read":
-                        "proc; booth t:$mul r:Y_WIDTH>20 %i"},
+        build_opts={"synth_opts": "-dsp"},
+        dsps=8,
         break_off_pmod=True,
         # No engine fits the UP5K's 30 block RAMs: the PE array alone, operands from the
         # host. 12 MHz / 3 Mbaud = 4 cycles a bit.
@@ -216,13 +248,49 @@ def _yosys_cells(build_dir):
         raise BuildError("Cannot parse Yosys statistics {}: {}".format(path, exc)) from exc
 
 
+def _net_origin(net):
+    """The design signal a netlist net is named after: ``link.executor.fit`` for
+    ``link.executor.fit_SB_DFFESR_Q_E_SB_LUT4_O_I3`` (Yosys and nextpnr append the cells they
+    built from it), ``None`` for a net of the tools' own (``$nextpnr_...``, ``$auto$...``)."""
+    if not net or net.startswith("$"):
+        return None
+    net = re.split(r"_(?:SB_|TRELLIS_|DP16KD|MULT18X18D|CCU2C|LUT4|PFUMX|L6MUX21)", net)[0]
+    net = re.sub(r"\[\d+\]$", "", net)
+    return net or None
+
+
+def critical_path(report):
+    """nextpnr's worst path (``report["critical_paths"]``, the first of the slowest clock) as
+    ``{"delay_ns", "logic_ns", "routing_ns", "from", "to", "through"}``: the signals it starts
+    and ends at and the design signals its nets are named after, in order (Yosys names a LUT's
+    output after one of its inputs, so a name marks the neighbourhood of the path, not always
+    a register on it); ``None`` without one."""
+    paths = [p for p in report.get("critical_paths", []) if p.get("path")]
+    if not paths:
+        return None
+    worst = max(paths, key=lambda p: sum(s["delay"] for s in p["path"]))
+    steps = worst["path"]
+    through = []
+    for step in steps:
+        origin = _net_origin(step.get("net")) if step["type"] == "routing" else None
+        if origin and (not through or through[-1] != origin):
+            through.append(origin)
+    def cell(end):
+        name = end.get("cell", "")
+        return _net_origin(name) or name
+    return {"delay_ns": round(sum(s["delay"] for s in steps), 2),
+            "logic_ns": round(sum(s["delay"] for s in steps if s["type"] != "routing"), 2),
+            "routing_ns": round(sum(s["delay"] for s in steps if s["type"] == "routing"), 2),
+            "from": cell(steps[0]["from"]), "to": cell(steps[-1]["to"]), "through": through}
+
+
 def _nextpnr_json(path):
     report = json.loads(path.read_text())
     util = {k: {"used": int(v["used"]), "available": int(v["available"])}
             for k, v in report["utilization"].items()}
     clocks = {k: (float(v["achieved"]), float(v["constraint"]))
               for k, v in report["fmax"].items()}
-    return util, clocks
+    return util, clocks, critical_path(report)
 
 
 def _nextpnr_log(path):
@@ -235,7 +303,7 @@ def _nextpnr_log(path):
         elif m := re.search(r"Max frequency for clock\s+'([^']+)':\s+([\d.]+) MHz "
                             r"\((?:PASS|FAIL) at ([\d.]+) MHz\)", line):
             clocks[m[1]] = (float(m[2]), float(m[3]))
-    return util, clocks
+    return util, clocks, None
 
 
 def parse_reports(build_dir, family):
@@ -254,7 +322,8 @@ def parse_reports(build_dir, family):
     -------
     dict
         ``fmax_mhz``, ``clock_mhz``, ``timing_met``, ``luts``, ``luts_available``, ``ffs``,
-        ``dsps``, ``brams``, ``utilization``, ``yosys_cells``, ``clocks``.
+        ``dsps``, ``brams``, ``utilization``, ``yosys_cells``, ``clocks``, ``critical_path``
+        (:func:`critical_path`; ``None`` from the log).
 
     Raises
     ------
@@ -267,9 +336,9 @@ def parse_reports(build_dir, family):
     json_path, log_path = build_dir / "top.report.json", build_dir / "top.tim"
     try:
         if json_path.exists():
-            util, clocks = _nextpnr_json(json_path)
+            util, clocks, path = _nextpnr_json(json_path)
         elif log_path.exists():
-            util, clocks = _nextpnr_log(log_path)
+            util, clocks, path = _nextpnr_log(log_path)
         else:
             raise BuildError("No nextpnr report (top.report.json or top.tim) in {}"
                              .format(build_dir))
@@ -304,6 +373,7 @@ def parse_reports(build_dir, family):
         "utilization": util,
         "yosys_cells": cells,
         "clocks": {k: {"achieved_mhz": a, "constraint_mhz": c} for k, (a, c) in clocks.items()},
+        "critical_path": path,
     }
 
 
@@ -391,6 +461,9 @@ def build(*, board, design=None, preset=None, out=None):
                           "outputs": len(top.link.ports.outputs)},
                  "block_rams_estimated": needed}
     opts = dict(spec.build_opts)
+    if spec.dsps is not None and (script := lut_multipliers(config, spec.dsps)):
+        opts["script_after_read"] = script
+        _log("multipliers in logic: " + script)
     opts["nextpnr_opts"] = " ".join(filter(None, [opts.get("nextpnr_opts"),
                                                   "--report top.report.json"]))
     opts["script_after_synth"] = "tee -q -o top.stat.json stat -json"
@@ -439,6 +512,10 @@ def _table(report):
     for key in ("dsps", "brams"):
         name = _RESOURCES["ecp5" if "TRELLIS_COMB" in util else "ice40"][key]
         rows.append((key, "{} / {} {}".format(report[key], util[name]["available"], name)))
+    if report.get("critical_path"):
+        cp = report["critical_path"]
+        rows.append(("critical path", "{:.1f} ns ({:.1f} logic): {} -> {}".format(
+            cp["delay_ns"], cp["logic_ns"], cp["from"], cp["to"])))
     rows.append(("build time", "{:.0f} s".format(report["build_seconds"])))
     width = max(len(k) for k, _ in rows)
     return "\n".join("  {:<{}}  {}".format(k, width, v) for k, v in rows)

@@ -16,8 +16,12 @@ a clip of its test split; much longer in simulation (the constants cross the UAR
 simulated cycles a byte).
 
 Writes ``build/demo/demo.json`` (logits from the chip and from the golden model, the classes,
-the label, cycles per pass, frames and wall time) and prints a summary; exits non-zero when the
-chip's logits differ from the golden model's.
+the label, cycles per pass (each pass is a block; the first also embeds, the last also
+classifies) against the cycle model's, MACs performed against the dense model's, the tokens
+STA keeps, the time a clip takes at 25 MHz and at the ULX3S build's Fmax when
+``build/ulx3s/report.json`` exists, link frames and wall time) and ``build/demo/demo.png``
+(the clip's frames with the tokens STA dropped hatched, and the cycles of every pass), and
+prints a summary; exits non-zero when the chip's logits differ from the golden model's.
 """
 
 import argparse
@@ -52,7 +56,101 @@ def _job(args):
     for k in settings:
         if getattr(args, k) is not None:
             settings[k] = getattr(args, k)
-    return cfg, clip, label, settings, model_job(cfg, q, video, **settings)
+    return cfg, clip, label, settings, q, video, model_job(cfg, q, video, **settings)
+
+
+def _work(q, video, job, lanes):
+    """MACs of the clip (:func:`golden.eval.costs`): the dense int8 model's, what the point's
+    array performs and its overheads (predictor, delta compares, STA scoring in the host)."""
+    from types import SimpleNamespace
+
+    from golden.eval import DENSE_INT8, costs, execution
+
+    def tally(run):
+        return SimpleNamespace(macs={k: (c.dense, c.performed) for k, c in run.macs.items()})
+    dense_run = execution(DENSE_INT8, q, lanes)
+    q.forward(video[None], dense_run)
+    dense, _ = costs(tally(dense_run))
+    _, cols = costs(tally(job.golden_run))
+    total = sum(cols.values())
+    return dict(dense=dense, **cols, total=total, saving=round(dense / total, 3))
+
+
+def _pass_names(job):
+    names = []
+    blocks = len(job.blocks.blocks)
+    head_pass = bool(job.blocks.blocks[-1].reports)
+    for k in range(blocks + head_pass):
+        parts = (["embed"] if k == 0 else []) + (["block {}".format(k)] if k < blocks else [])
+        if k == blocks - 1 + head_pass:
+            parts.append("head")
+        names.append(" + ".join(parts))
+    return names
+
+
+def _kept_tokens(job):
+    """The clip's token indices (frame-major, :func:`golden.vidt.tubelets`) alive after each
+    block: block ``k``'s keep list indexes the tokens that entered it."""
+    ids = list(range(job.n_t * job.n_s))
+    out = []
+    for keep in job.blocks.keeps:
+        if keep is not None:
+            ids = [ids[i] for i in keep]
+        out.append(list(ids))
+    return out
+
+
+def _fmax(board="ulx3s"):
+    """The ULX3S build's Fmax from its report (``make bitstream``), or None."""
+    path = REPO / "build" / board / "report.json"
+    if not path.exists():
+        return None
+    report = json.loads(path.read_text())
+    return dict(board=board, design=report["design"], fmax_mhz=report["fmax_mhz"])
+
+
+def picture(path, video, vcfg, kept, pass_cycles, pass_names, title):
+    """``path`` (PNG): the clip's frames (one per token frame, its tubelet's first) with the
+    tokens STA has dropped by each block hatched red, and the cycles of every pass."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.patches import Rectangle
+    n_t, p = vcfg.frames // vcfg.tubelet, vcfg.patch
+    cols = vcfg.width // p
+    n_s = (vcfg.height // p) * cols
+    stages = [k for k in range(len(kept)) if k == 0 or kept[k] != kept[k - 1]]
+    fig = plt.figure(figsize=(1.6 * n_t + 1, 1.7 * (len(stages) + 1) + 0.6))
+    grid = fig.add_gridspec(len(stages) + 1, n_t)
+    frames = video.float().numpy().transpose(1, 2, 3, 0) / 255.0       # [T, H, W, C]
+    if frames.shape[-1] == 1:
+        frames = np.repeat(frames, 3, axis=-1)
+    for row, k in enumerate(stages):
+        alive = set(kept[k])
+        for f in range(n_t):
+            ax = fig.add_subplot(grid[row, f])
+            ax.imshow(frames[f * vcfg.tubelet][..., :3], interpolation="nearest")
+            for s in range(n_s):
+                if f * n_s + s not in alive:
+                    r, c = divmod(s, cols)
+                    ax.add_patch(Rectangle((c * p - 0.5, r * p - 0.5), p, p, facecolor="red",
+                                           alpha=0.45, edgecolor="red", hatch="xx"))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if f == 0:
+                ax.set_ylabel("after block {}\n{} tokens".format(k, len(alive)), fontsize=7)
+            if row == 0:
+                ax.set_title("frame {}".format(f), fontsize=7)
+    ax = fig.add_subplot(grid[len(stages), :])
+    ax.barh(range(len(pass_cycles)), pass_cycles, color="tab:blue")
+    ax.set_yticks(range(len(pass_cycles)), pass_names, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("cycles (START to DONE, link transfers inside)", fontsize=7)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv=None):
@@ -74,7 +172,7 @@ def main(argv=None):
     from boards.link import Link, LinkError
     print("demo: building the {} model's job (golden expectation) ...".format(args.model),
           flush=True)
-    cfg, clip, label, settings, job = _job(args)
+    cfg, clip, label, settings, q, video, job = _job(args)
     t0 = time.monotonic()
     if args.port:
         from hw.model import Model
@@ -96,21 +194,51 @@ def main(argv=None):
     plans = job.plans()
     cycles = [res["counters"][plan.done[-1]]["cycles"] for plan, res in zip(plans, results)]
     want = job.logits.tolist()
+    names = _pass_names(job)
+    predicted = job.predicted_pass_cycles()
+    work = _work(q, video, job, cfg.lanes)
+    fmax = _fmax()
+    clocks = {"25 MHz (the boards' link clock)": 25.0}
+    if fmax:
+        clocks["{fmax_mhz} MHz (Fmax of the {board} {design} build)".format(**fmax)] = \
+            fmax["fmax_mhz"]
+    compute = sum(predicted)
     report = dict(model=args.model, preset=cfg.name, clip=clip, label=label, **settings,
-                  where=where, logits=logits, golden_logits=want,
+                  where=where, logits=logits, golden_logits=want, bit_exact=logits == want,
                   predicted=logits.index(max(logits)), golden_predicted=want.index(max(want)),
-                  pass_cycles=cycles, cycles=sum(cycles), frames=link.frames, wall_seconds=wall)
+                  passes=[dict(name=n, cycles=c, model_cycles=pc)
+                          for n, c, pc in zip(names, cycles, predicted)],
+                  pass_cycles=cycles, cycles=sum(cycles), compute_cycles=compute,
+                  macs=work, kept_tokens=[len(k) for k in _kept_tokens(job)],
+                  milliseconds={name: round(1e3 * compute / (mhz * 1e6), 3)
+                                for name, mhz in clocks.items()},
+                  frames=link.frames, wall_seconds=wall)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "demo.json").write_text(json.dumps(report, indent=1) + "\n")
+    picture(args.out / "demo.png", video, q.cfg, _kept_tokens(job), cycles, names,
+            "{} clip {}: class {} (label {}), tau={} rho={} r={}".format(
+                args.model, clip, report["predicted"], "n/a" if label is None else label,
+                settings["tau"], settings["rho"], settings["r"]))
     print("demo: {} clip {} on the {}".format(args.model, clip, where))
     print("  class {} (golden model: {}; label: {})".format(
         report["predicted"], report["golden_predicted"], "n/a" if label is None else label))
     print("  logits {} ({})".format(logits, "bit-exact" if logits == want else
                                     "DIFFER from the golden {}".format(want)))
-    print("  {} cycles over {} passes {} (START to DONE; the pixels and STA reports cross the "
+    print("  {} cycles over {} passes (START to DONE; the pixels and STA reports cross the "
           "link inside them); {} link frames; {:.1f} s wall".format(
-              sum(cycles), len(cycles), cycles, link.frames, wall))
-    print("  wrote {}".format(args.out / "demo.json"))
+              sum(cycles), len(cycles), link.frames, wall))
+    for p in report["passes"]:
+        print("    {:<24} {:>9} cycles (cycle model, compute only: {})".format(
+            p["name"], p["cycles"], p["model_cycles"]))
+    print("  MACs on the array {} of the dense model's {} ({:.2f}x fewer counting the "
+          "overheads {}); tokens after each block {}".format(
+              work["array"], work["dense"], work["saving"],
+              {k: v for k, v in work.items() if k not in ("dense", "array", "total", "saving")},
+              report["kept_tokens"]))
+    for name, ms in report["milliseconds"].items():
+        print("  {} compute cycles (cycle model) at {}: {:.3f} ms a clip, the link's "
+              "transfers not counted".format(compute, name, ms))
+    print("  wrote {} and {}".format(args.out / "demo.json", args.out / "demo.png"))
     return 0 if logits == want else 1
 
 

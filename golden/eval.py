@@ -46,7 +46,7 @@ from golden.sparse import SparseExecution
 from golden.sta import STAPruner
 from golden.subvector import GRANULARITIES, KEEPS, ORDERS, SubvectorAttention
 
-__all__ = ["Point", "DENSE_INT8", "execution", "evaluate", "paired_interval", "sparsity",
+__all__ = ["Point", "DENSE_INT8", "costs", "execution", "evaluate", "paired_interval", "sparsity",
            "points", "run", "main", "RTSA_SAVING", "LOSS_BUDGET"]
 
 #: RTSA's published ideal computation saving at < 1 % top-1 loss (for comparison only).
@@ -243,9 +243,10 @@ def paired_interval(correct, reference, resamples=BOOTSTRAP, seed=BOOTSTRAP_SEED
     return round(lo, 2), round(hi, 2)
 
 
-def _costs(result, clips):
+def costs(result, clips=1):
     """Per clip: the point's own dense MACs (after its token pruning), and the work of each
-    cost column."""
+    cost column (:data:`COST_KINDS`). ``result`` is anything with an ``Execution``'s ``macs``
+    (an evaluation's result, or a :class:`golden.sparse.SparseExecution` after one clip)."""
     dense = sum(m[0] for m in result.macs.values()) // clips
     cols = dict.fromkeys(COST_KINDS, 0)
     for (_, layer), (_, performed) in result.macs.items():
@@ -256,8 +257,8 @@ def _costs(result, clips):
 def _record(point, result, reference, clips, dense_cycles, qmodel):
     # Savings are against the dense int8 model (the reference), not the point's own dense
     # MACs, which shrink with its token pruning.
-    dense, _ = _costs(reference, clips)
-    _, cols = _costs(result, clips)
+    dense, _ = costs(reference, clips)
+    _, cols = costs(result, clips)
     total = sum(cols.values())
     by_layer = {}
     for (_, layer), (d, p) in result.macs.items():

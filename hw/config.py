@@ -56,9 +56,9 @@ class RTSAConfig:
         stage's ``layer`` setting selects the block a run uses (:data:`hw.engine.LAYER`).
     requant_steps : int
         Registered steps of the PE array's requantisers (:class:`hw.requantiser.Requantiser`):
-        4 computes the product as two registered partial products (each fits one 18 x 18
-        multiplier; the shorter path ECP5 timing wants), 3 computes it whole (about 350 fewer
-        logic cells where the multiplier is built in LUTs, the iCE40's case).
+        4 computes the product as two registered unsigned partial products (each fits one
+        16 x 16 multiplier: a MULT18X18D, an SB_MAC16; the shorter path timing wants), 3
+        computes it whole (one multiplier fewer where it is built in LUTs).
     """
     lanes: int = 8
     rows: int = 4
@@ -171,10 +171,11 @@ class RTSAConfig:
 
 
 PRESETS = {
-    # iCE40UP5K (iCEBreaker): one row of 8 lanes on its 8 SB_MAC16, one shared requantiser.
+    # iCE40UP5K (iCEBreaker): one row of 8 lanes, one shared requantiser (its two partial
+    # products and six lanes on the 8 SB_MAC16, two lanes in logic: boards.build).
     "tiny": RTSAConfig(lanes=8, rows=1, requant_lanes=1, decode_width=2, bitmap_word=16,
                        max_d=64, mlp_ratio=4, max_tokens=128, max_heads=2, weight_depth=256,
-                       requant_steps=3, name="tiny"),
+                       name="tiny"),
     # ECP5-85F (ULX3S): 16 x 8 = 128 lane multipliers plus 8 requantisers of 2 MULT18X18D
     # each = 144 of its 156 multipliers.
     "default": RTSAConfig(lanes=8, rows=16, requant_lanes=8, decode_width=4, bitmap_word=16,

@@ -43,7 +43,7 @@ reads or writes, far below a byte time at any useful baud rate.
 import binascii
 import enum
 
-from amaranth.hdl import Cat, Module, Shape, Signal, Value
+from amaranth.hdl import Cat, Module, Mux, Shape, Signal, Value
 from amaranth.lib import crc, data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out, connect
@@ -260,11 +260,17 @@ class FrameSender(wiring.Component):
         r, o = self.response.payload, self.o
         count = Signal(16)
         sent = o.valid & o.ready
-        m.d.comb += [gen.data.eq(o.payload), self.buf.addr.eq(count)]
+        # The CRC takes each byte a cycle after it is sent, from a register: the byte's
+        # selection by state in front of the CRC's XOR trees was the iCE40 link build's
+        # critical path (34.0 ns). The CRC's bytes follow at least one cycle (Fetch) later.
+        feed = Signal()
+        crc_byte, crc_take = Signal(8), Signal()
+        m.d.sync += [crc_byte.eq(o.payload), crc_take.eq(feed)]
+        m.d.comb += [gen.data.eq(crc_byte), gen.valid.eq(crc_take), self.buf.addr.eq(count)]
 
         def byte(name, value, nxt, *, crc=True):
             with m.State(name):
-                m.d.comb += [o.valid.eq(1), o.payload.eq(value), gen.valid.eq(sent & crc)]
+                m.d.comb += [o.valid.eq(1), o.payload.eq(value), feed.eq(sent & crc)]
                 with m.If(sent):
                     m.next = nxt
 
@@ -285,7 +291,7 @@ class FrameSender(wiring.Component):
                 with m.Else():
                     m.next = "Payload"
             with m.State("Payload"):
-                m.d.comb += [o.valid.eq(1), o.payload.eq(self.buf.data), gen.valid.eq(sent),
+                m.d.comb += [o.valid.eq(1), o.payload.eq(self.buf.data), feed.eq(sent),
                              self.buf.addr.eq(count)]
                 with m.If(sent):
                     m.d.sync += count.eq(count + 1)
@@ -333,10 +339,17 @@ class CommandExecutor(wiring.Component):
         m.d.comb += [self.rx.addr.eq(s.ptr), self.tx.addr.eq(s.optr),
                      self.csr.addr.eq(s.word[:16]), self.csr.w_data.eq(s.word[16:48])]
         self._streams(m, s)
+        # The selected port's beat size (and a RECV's cap), outside the state machine: set in
+        # a state, a size is 0 in the others and the state decode leads its adders.
+        s.in_size = s.size_of(m, s.port, [b for _, _, b in ports.inputs], "in_size")
+        s.out_size = s.size_of(m, s.port, [b for _, _, b in ports.outputs], "out_size")
+        s.out_cap = s.size_of(m, s.port, [self._max // b for _, _, b in ports.outputs],
+                                "out_cap")
         with m.FSM():
             with m.State("Idle"):
                 with m.If(self.frame.valid):
-                    m.d.sync += [s.ptr.eq(0), s.optr.eq(0), s.beats.eq(0), s.status.eq(f.status)]
+                    m.d.sync += [s.ptr.eq(0), s.optr.eq(0), s.beats.eq(0), s.status.eq(f.status),
+                                 s.at_end.eq(f.length == 0), s.bad.eq(self._bad_length(f))]
                     m.next = "Dispatch"
             with m.State("Dispatch"):
                 self._dispatch(m, s, f)
@@ -353,49 +366,52 @@ class CommandExecutor(wiring.Component):
                     m.d.comb += self.frame.ready.eq(1)
                     m.next = "Idle"
             # Last: their returns go to every state the others named.
-            self._fetch(m, s)
+            self._fetch(m, s, f)
             self._put(m, s)
         return m
 
-    def _dispatch(self, m, s, f):
+    def _bad_length(self, f):
+        """A payload length that does not fit the frame's command. Computed as the frame
+        arrives and registered (``s.bad``): the length compares in front of the state machine's
+        next-state logic were the iCEBreaker link build's critical path (43.4 ns)."""
         n = f.length
-        bad = Signal()
+        return Mux(f.cmd == Command.WRITE, ~_multiple_of_six(n),
+               Mux(f.cmd == Command.READ, n[0] | (n > self._max // 2),
+               Mux(f.cmd == Command.SEND, n == 0,
+               Mux(f.cmd == Command.RECV, n != 3,
+               Mux(f.cmd == Command.INFO, n != 0, 0)))))
+
+    def _dispatch(self, m, s, f):
         with m.If(s.status != Status.OK):
+            m.next = "Respond"
+        with m.Elif(s.bad):
+            m.d.sync += s.status.eq(Status.LENGTH)
             m.next = "Respond"
         with m.Else():
             with m.Switch(f.cmd):
                 with m.Case(Command.WRITE):
-                    m.d.comb += bad.eq(~_multiple_of_six(n))
-                    s.then(m, "Fetch", 6, "W_do", when=~bad & (n != 0), otherwise="Respond")
+                    s.then(m, "Fetch", 6, "W_do", when=~s.at_end, otherwise="Respond")
                 with m.Case(Command.READ):
-                    m.d.comb += bad.eq(n[0] | (n > self._max // 2))
-                    s.then(m, "Fetch", 2, "R_addr", when=~bad & (n != 0), otherwise="Respond")
+                    s.then(m, "Fetch", 2, "R_addr", when=~s.at_end, otherwise="Respond")
                 with m.Case(Command.SEND):
-                    m.d.comb += bad.eq(n == 0)
-                    s.then(m, "Fetch", 1, "S_port", when=~bad)
+                    s.then(m, "Fetch", 1, "S_port")
                 with m.Case(Command.RECV):
-                    m.d.comb += bad.eq(n != 3)
-                    s.then(m, "Fetch", 3, "V_port", when=~bad)
+                    s.then(m, "Fetch", 3, "V_port")
                 with m.Case(Command.INFO):
-                    m.d.comb += bad.eq(n != 0)
-                    with m.If(~bad):
-                        m.d.sync += s.k.eq(0)
-                        m.next = "I_put"
+                    m.d.sync += s.k.eq(0)
+                    m.next = "I_put"
                 with m.Default():
                     m.d.sync += s.status.eq(Status.COMMAND)
                     m.next = "Respond"
-            with m.If(bad):
-                m.d.sync += s.status.eq(Status.LENGTH)
-                m.next = "Respond"
 
-    def _fetch(self, m, s):
+    def _fetch(self, m, s, f):
         """Fetch: ``s.need`` bytes from the rx buffer into ``s.word``, two cycles each (address,
         then data), then ``s.after``."""
         with m.State("Fetch"):
             m.next = "Fetch_take"
         with m.State("Fetch_take"):
             m.d.sync += [s.word.word_select(s.k, 8).eq(self.rx.data), s.ptr.eq(s.ptr + 1),
-                         s.k.eq(s.k + 1)]
+                         s.at_end.eq(s.ptr + 1 == f.length), s.k.eq(s.k + 1)]
             with m.If(s.k == s.need - 1):
                 m.d.sync += s.k.eq(0)
                 s.resume(m)
@@ -414,7 +430,7 @@ class CommandExecutor(wiring.Component):
     def _write(self, m, s, f):
         with m.State("W_do"):
             m.d.comb += self.csr.w_en.eq(1)
-            s.then(m, "Fetch", 6, "W_do", when=s.ptr != f.length, otherwise="Respond")
+            s.then(m, "Fetch", 6, "W_do", when=~s.at_end, otherwise="Respond")
 
     def _read(self, m, s, f):
         with m.State("R_addr"):                     # csr.addr = word[:16] from now on
@@ -423,32 +439,36 @@ class CommandExecutor(wiring.Component):
             m.d.sync += s.value.eq(self.csr.r_data)
             s.then(m, "Put", 4, "R_next")
         with m.State("R_next"):
-            s.then(m, "Fetch", 2, "R_addr", when=s.ptr != f.length, otherwise="Respond")
+            s.then(m, "Fetch", 2, "R_addr", when=~s.at_end, otherwise="Respond")
 
     def _send(self, m, s, f):
         ports = self._ports.inputs
         with m.State("S_port"):
-            m.d.sync += [s.port.eq(s.word[:8]), s.count.eq(1)]
+            # count: the payload bytes a whole number of beats after the port byte would take;
+            # its compares with the length are registered (fit, over) like at_end.
+            m.d.sync += [s.port.eq(s.word[:8]), s.count.eq(1), s.fit.eq(f.length == 1),
+                         s.over.eq(0)]
             with m.If(s.word[:8] >= len(ports)):
                 m.d.sync += s.status.eq(Status.PORT)
                 m.next = "Respond"
             with m.Else():
                 m.next = "S_check"
         with m.State("S_check"):                    # length - 1 a multiple of the beat size?
-            size = s.size_of(m, s.port, [b for _, _, b in ports])
-            with m.If(s.count == f.length):
-                s.then(m, "Fetch", size, "S_offer", when=f.length != 1, otherwise="S_done")
-            with m.Elif(s.count > f.length):
+            size = s.in_size
+            with m.If(s.fit):
+                s.then(m, "Fetch", size, "S_offer", when=~s.at_end, otherwise="S_done")
+            with m.Elif(s.over):
                 m.d.sync += s.status.eq(Status.LENGTH)
                 m.next = "Respond"
             with m.Else():
-                m.d.sync += s.count.eq(s.count + size)
+                nxt = s.count + size
+                m.d.sync += [s.count.eq(nxt), s.fit.eq(nxt == f.length),
+                             s.over.eq(nxt > f.length)]
         with m.State("S_offer"):
             m.d.comb += s.offer.eq(1)
             with m.If(s.taken):
                 m.d.sync += [s.beats.eq(s.beats + 1), s.wait.eq(0)]
-                size = s.size_of(m, s.port, [b for _, _, b in ports])
-                s.then(m, "Fetch", size, "S_offer", when=s.ptr != f.length, otherwise="S_done")
+                s.then(m, "Fetch", s.in_size, "S_offer", when=~s.at_end, otherwise="S_done")
             with m.Elif(s.wait == self._timeout):
                 m.d.sync += [s.status.eq(Status.STALLED), s.wait.eq(0)]
                 m.next = "S_done"
@@ -460,7 +480,6 @@ class CommandExecutor(wiring.Component):
 
     def _recv(self, m, s):
         ports = self._ports.outputs
-        caps = [self._max // b for _, _, b in ports]
         with m.State("V_port"):
             m.d.sync += [s.port.eq(s.word[:8]), s.count.eq(s.word[8:24]), s.wait.eq(0)]
             with m.If(s.word[:8] >= len(ports)):
@@ -469,17 +488,18 @@ class CommandExecutor(wiring.Component):
             with m.Else():
                 m.next = "V_clamp"
         with m.State("V_clamp"):
-            cap = s.size_of(m, s.port, caps)
-            with m.If(s.count > cap):
-                m.d.sync += s.count.eq(cap)
+            count = Mux(s.count > s.out_cap, s.out_cap, s.count)
+            m.d.sync += [s.count.eq(count), s.got_all.eq(count == 0)]
             m.next = "V_wait"
         with m.State("V_wait"):
-            with m.If(s.beats == s.count):
+            # got_all (beats == count) is registered: accept reaches the top's output logic.
+            with m.If(s.got_all):
                 m.next = "Respond"
             with m.Elif(s.arrived):
                 m.d.comb += s.accept.eq(1)
-                m.d.sync += [s.value.eq(s.incoming), s.beats.eq(s.beats + 1), s.wait.eq(0)]
-                s.then(m, "Put", s.size_of(m, s.port, [b for _, _, b in ports]), "V_wait")
+                m.d.sync += [s.value.eq(s.incoming), s.beats.eq(s.beats + 1), s.wait.eq(0),
+                             s.got_all.eq(s.beats + 1 == s.count)]
+                s.then(m, "Put", s.out_size, "V_wait")
             with m.Elif(s.wait == self._timeout):
                 m.next = "Respond"
             with m.Else():
@@ -525,12 +545,19 @@ class _ExecState:
         self.k = Signal(range(max(max_bytes, info_bytes) + 1))     # a byte of Fetch/Put/INFO
         self.need = Signal(range(max_bytes + 1))
         self.status = Signal(8)
+        self.bad = Signal()                        # the frame's length does not fit its command
+        self.at_end = Signal()                     # ptr == the frame's length (registered)
+        self.fit = Signal()                        # count == the frame's length (SEND)
+        self.over = Signal()                       # count > the frame's length (SEND)
+        self.got_all = Signal()                    # beats == count (RECV)
         self.port = Signal(8)
         self.count = Signal(16)
         self.beats = Signal(16)
         self.wait = Signal(range(timeout + 1))
-        self.offer, self.taken = Signal(), Signal()
-        self.arrived, self.accept = Signal(), Signal()
+        self.offer = Signal()
+        self.taken = Signal()
+        self.arrived = Signal()
+        self.accept = Signal()
         self.incoming = Signal(8 * max_bytes)
         self._after = {}                           # return state name -> code
         self.after = Signal(8)
@@ -542,9 +569,8 @@ class _ExecState:
         """Go to subroutine ``sub`` (``"Fetch"`` or ``"Put"``) for ``need`` bytes, returning
         to ``after``; with ``when``, only if it holds (else to ``otherwise``, if given)."""
         def go():
+            # Fetch does not clear `word`: every reader takes only the bytes it fetched.
             m.d.sync += [self.need.eq(need), self.after.eq(self._code(after))]
-            if sub == "Fetch":
-                m.d.sync += self.word.eq(0)
             m.next = sub
         if when is None:
             go()
@@ -562,9 +588,9 @@ class _ExecState:
                 with m.Case(code):
                     m.next = name
 
-    def size_of(self, m, port, sizes):
+    def size_of(self, m, port, sizes, name):
         """``sizes[port]`` as a value."""
-        value = Signal(range(max(sizes) + 1))
+        value = Signal(range(max(sizes, default=0) + 1), name=name)
         with m.Switch(port):
             for k, v in enumerate(sizes):
                 with m.Case(k):

@@ -113,6 +113,11 @@ class PEArray(wiring.Component):
         # --- Stage B: products. -----------------------------------------------------------
         b_prod = [[Signal(prod_shape, name=f"prod_{r}_{l}") for l in range(V)] for r in range(R)]
         b_en = [[Signal(name=f"en_{r}_{l}") for l in range(V)] for r in range(R)]
+        # Each lane's product by name (`mul_<row>_<lane>`), so that a board build can pick the
+        # multipliers it builds in logic (boards.build: the iCE40's two LUT lanes).
+        mul = [[Signal(prod_shape, name=f"mul_{r}_{l}") for l in range(V)] for r in range(R)]
+        m.d.comb += [mul[r][l].eq(a.vector[r][l] * a.scalar[r])
+                     for r in range(R) for l in range(V)]
         b_valid, b_clear, b_last, b_bypass = Signal(), Signal(), Signal(), Signal()
         b_mult = Signal.like(a.mult)
         b_shift = Signal.like(a.shift)
@@ -152,8 +157,7 @@ class PEArray(wiring.Component):
                              b_mult.eq(a.mult), b_shift.eq(a.shift)]
                 for r in range(R):
                     for l in range(V):
-                        m.d.sync += [b_prod[r][l].eq(a.vector[r][l] * a.scalar[r]),
-                                     b_en[r][l].eq(a.mask[r][l])]
+                        m.d.sync += [b_prod[r][l].eq(mul[r][l]), b_en[r][l].eq(a.mask[r][l])]
 
             with m.If(b_valid):
                 for r in range(R):

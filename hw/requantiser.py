@@ -5,15 +5,18 @@ Each lane computes the contract's rule (:func:`golden.contract.requantize`)::
     saturate(round_shift(acc * mult, shift))        (or acc itself with bypass)
 
 in four registered steps (``config.requant_steps``; three computes the product whole, in one
-step), so that no step holds more than one wide operation: two partial products (the accumulator's low :data:`LOW_BITS` bits, unsigned, and its high bits, each times
-``mult``); their sum; the variable shift by ``shift - 1``; the rounding increment, the last
-shift by one and the saturation (:func:`hw.arith.round_shift_head`,
-:func:`hw.arith.round_shift_tail`). In one cycle after the product (the array's earlier
+step), so that no step holds more than one wide operation: two partial products (the
+accumulator's low :data:`LOW_BITS` bits and its high bits, both unsigned, each times ``mult``,
+and the sign's correction); their sum; the variable shift by ``shift - 1``; the rounding
+increment, the last shift by one and the saturation (:func:`hw.arith.round_shift_head`,
+:func:`hw.arith.round_saturate_tail`). In one cycle after the product (the array's earlier
 output stage) the shift, the increment's carry chain and the saturating compare were the
 critical path of the iCE40 build: 57.8 ns (17.3 MHz, ``make bitstream BOARD=icebreaker``);
 split from the product but with the whole 29 x 16 product in one step, the product was
-(44.8 ns, 22.3 MHz). Each partial product fits one 18 x 18 multiplier, so an ECP5 spends the
-two MULT18X18D a 29 x 16 product took before.
+(44.8 ns, 22.3 MHz). Each unsigned partial product fits one 16 x 16 multiplier (an SB_MAC16,
+a MULT18X18D), so the iCE40 build maps them to two of its eight DSPs and builds two lanes'
+9 x 9 products in logic instead (:data:`boards.build.BOARDS`): a 29 x 16 product in LUTs took
+1333 of the UP5K's 5280 logic cells.
 
 A fixed-latency pipeline under one enable, not a stream: the array moves all its output stages
 together, so a ``tag`` (what the array needs to know about the lanes: the row, ``last``,
@@ -98,18 +101,26 @@ class Requantiser(wiring.Component):
         step = data.StructLayout({
             "valid": 1, "bypass": 1, "zero": 1, "shift": arith.shape_of(contract.REQ_SHIFT),
             "raw": data.ArrayLayout(acc_shape, RQ), "value": data.ArrayLayout(prod_shape, RQ),
-            "lo": data.ArrayLayout(prod_shape, RQ), "tag": self._tag})
+            "lo": data.ArrayLayout(prod_shape, RQ),
+            "corr": data.ArrayLayout(arith.shape_of(contract.REQ_MULT), RQ), "tag": self._tag})
         s0, s1, s2 = Signal(step), Signal(step), Signal(step)
         i = self.i
         with m.If(self.en):
             if cfg.requant_steps == 4:
-                # Step 0: partial products of the low (unsigned) and high (signed) parts.
+                # Step 0: partial products of the accumulator's low and high bits, both
+                # unsigned, and the sign's correction: acc = acc[:W] - sign 2**W as an unsigned
+                # W-bit word, so acc mult = lo mult + (hi mult << low) - (sign ? mult << W).
+                # Unsigned operands keep each product within one 16 x 16 multiplier (a signed
+                # high part would widen mult to 17 signed bits: two SB_MAC16 on an iCE40).
                 m.d.sync += [s0.valid.eq(i.valid), s0.bypass.eq(i.bypass),
                              s0.shift.eq(i.shift), s0.raw.eq(i.acc), s0.tag.eq(i.tag)]
+                W = cfg.acc_format.bits
                 for q in range(RQ):
                     m.d.sync += [s0.lo[q].eq(i.acc[q][:low] * i.mult),
-                                 s0.value[q].eq(i.acc[q][low:].as_signed() * i.mult)]
-                products = [(s0.value[q] << low) + s0.lo[q] for q in range(RQ)]
+                                 s0.value[q].eq(i.acc[q][low:W] * i.mult),
+                                 s0.corr[q].eq(Mux(i.acc[q][W - 1], i.mult, 0))]
+                products = [(s0.value[q] << low) + s0.lo[q] - (s0.corr[q] << W)
+                            for q in range(RQ)]
                 src = s0
             else:
                 products = [i.acc[q] * i.mult for q in range(RQ)]
@@ -127,7 +138,6 @@ class Requantiser(wiring.Component):
             # Step 3: round, saturate.
             m.d.sync += [self.o.valid.eq(s2.valid), self.o.tag.eq(s2.tag)]
             for q in range(RQ):
-                out = arith.saturate(arith.round_shift_tail(s2.value[q], s2.zero),
-                                     cfg.out_format)
+                out = arith.round_saturate_tail(s2.value[q], s2.zero, cfg.out_format)
                 m.d.sync += self.o.data[q].eq(Mux(s2.bypass, s2.raw[q], out))
         return m

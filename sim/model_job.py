@@ -191,6 +191,9 @@ class ModelJob:
     n_t: int = 0
     heads: int = 0
     head_dim: int = 0
+    #: The golden model's run of the clip (:class:`golden.sparse.SparseExecution`): its
+    #: ``macs`` are the work the point performs (:func:`golden.eval.costs`).
+    golden_run: object = None
 
     @property
     def ideal_cycles(self):
@@ -369,7 +372,8 @@ def model_job(config, model, video, *, tau, rho, r=0, name="model"):
                     pos=pos_words(config, model.pos.tolist()), norm=model.norm,
                     pooled_tokens=normed.shape[0],
                     pixels=activation_beats(config, pixels), logits=logits, n_s=n_s, r=r,
-                    n_t=cfg.n_t, heads=cfg.heads, head_dim=cfg.dim // cfg.heads)
+                    n_t=cfg.n_t, heads=cfg.heads, head_dim=cfg.dim // cfg.heads,
+                    golden_run=run)
 
 
 #: A model small enough for simulators: 8 x 8 frames of 4 x 4 patches, two frames per tubelet

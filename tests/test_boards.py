@@ -163,6 +163,41 @@ def test_build_cli_rejects_bad_arguments(capsys):
         board_build.build(board="icebreaker", design="pe_array")
 
 
+def test_critical_path_summary(tmp_path):
+    def step(kind, delay, net=None, frm="a", to="b"):
+        return {"type": kind, "delay": delay, "net": net, "from": {"cell": frm},
+                "to": {"cell": to}}
+    slow = [step("clk-to-q", 1.0, frm="link.executor.fsm_state_SB_DFFESR_Q_3_DFFLC"),
+            step("routing", 2.0, "link.executor.fsm_state_SB_DFFESR_Q_3_D"),
+            step("logic", 1.5), step("routing", 0.5, "$nextpnr_ICESTORM_LC_20$I3"),
+            step("routing", 3.0, "link.top.requantiser.value_SB_LUT4_O[3]"),
+            step("setup", 0.5, to="link.top.stage_SB_DFFESR_Q_DFFLC")]
+    fast = [step("clk-to-q", 1.0), step("setup", 1.0)]
+    path = tmp_path / "top.report.json"
+    _nextpnr_json(path)
+    report = json.loads(path.read_text())
+    report["critical_paths"] = [{"path": fast}, {"path": slow}]
+    path.write_text(json.dumps(report))
+    (tmp_path / "top.stat.json").write_text(json.dumps({"design": {"num_cells_by_type": {
+        "SB_DFF": 100}}}))
+    cp = board_build.parse_reports(tmp_path, "ice40")["critical_path"]
+    assert cp == {"delay_ns": 8.5, "logic_ns": 3.0, "routing_ns": 5.5,
+                  "from": "link.executor.fsm_state", "to": "link.top.stage",
+                  "through": ["link.executor.fsm_state", "link.top.requantiser.value"]}
+    assert board_build.critical_path({"critical_paths": []}) is None
+
+
+def test_lut_multipliers_leave_the_dsps_to_the_requantiser():
+    # tiny: 8 lanes + the requantiser's 2 partial products on 8 DSPs: the last two lanes in LUTs.
+    cmd = board_build.lut_multipliers(preset("tiny"), 8)
+    assert cmd == "proc; booth w:mul_0_6 w:mul_0_7 %u %ci1 t:$mul %i"
+    assert board_build.lut_multipliers(preset("tiny"), 10) == ""
+    three = preset("tiny").replace(requant_steps=3)
+    assert board_build.lut_multipliers(three, 8) == "proc; booth w:mul_0_7 %ci1 t:$mul %i"
+    with pytest.raises(ValueError, match="requantisers need 16 multipliers"):
+        board_build.lut_multipliers(preset("vidt"), 8)
+
+
 def test_a_design_too_large_for_the_part_fails_before_any_tool(monkeypatch):
     """The whole model needs about three times the LFE5U-85F's block RAM: the build says so,
     with the largest memories, in seconds and without running Yosys."""

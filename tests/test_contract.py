@@ -158,6 +158,31 @@ def test_amaranth_matches_scalar(cases, acc_bits, out):
     assert not bad, "first mismatches (acc, mult, shift), got, want: {}".format(bad[:5])
 
 
+@pytest.mark.parametrize("out", [contract.ACT, contract.PROB, SMALL_OUT], ids=str)
+def test_round_saturate_tail_exhaustive(out):
+    # Every 12-bit head, both modes: the shallow tail against the contract's rule on the
+    # scalar side (round half up of head / 2, then saturate), not against the hardware's own.
+    head = Signal(signed(12))
+    zero = Signal()
+    y = Signal(arith.shape_of(out))
+    m = Module()
+    m.d.comb += y.eq(arith.round_saturate_tail(head, zero, out))
+    bad = []
+
+    async def bench(ctx):
+        for z in (0, 1):
+            ctx.set(zero, z)
+            for h in range(-2048, 2048):
+                ctx.set(head, h)
+                want = out.saturate(h if z else contract.round_shift(h, 1))
+                if ctx.get(y) != want:
+                    bad.append((h, z, ctx.get(y), want))
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+    assert not bad, "first mismatches (head, zero, got, want): {}".format(bad[:5])
+
+
 # --- Integer nonlinearities: scalar contract vs torch, and against float. -------------------
 
 def test_exp2_table_and_shift():

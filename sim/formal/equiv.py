@@ -139,8 +139,8 @@ def _signed_mult_requantize(acc, mult, shift, out=contract.ACT):
     return arith.requantize_product(acc * mult.as_signed(), shift, out)
 
 
-def _no_round_tail(head, zero):
-    return Mux(zero, head, head >> 1)
+def _no_round_tail(head, zero, fmt):
+    return arith.saturate(Mux(zero, head, head >> 1), fmt)
 
 
 def _equivalences():
@@ -230,7 +230,7 @@ def _requantiser_check():
     return _check(
         "requantiser", "the {}-step pipeline = contract.requantize ({}-bit accumulators)"
         .format(L, ACC.width), {"acc": ACC, "mult": MULT, "shift": SHIFT}, design, reference,
-        M.replace_function(arith, "round_shift_tail", _no_round_tail,
+        M.replace_function(arith, "round_saturate_tail", _no_round_tail,
                            "the last step drops the rounding increment"), latency=L,
         note="split partial products against one product")
 
