@@ -109,9 +109,10 @@ def _fmax(board="ulx3s"):
     return dict(board=board, design=report["design"], fmax_mhz=report["fmax_mhz"])
 
 
-def picture(path, video, vcfg, kept, pass_cycles, pass_names, title):
+def picture(path, video, vcfg, kept, pass_cycles, model_cycles, pass_names, title):
     """``path`` (PNG): the clip's frames (one per token frame, its tubelet's first) with the
-    tokens STA has dropped by each block hatched red, and the cycles of every pass."""
+    tokens STA has dropped by each block hatched red, and the cycles of every pass: measured
+    (the link's transfers inside) and the cycle model's compute alone."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -143,10 +144,15 @@ def picture(path, video, vcfg, kept, pass_cycles, pass_names, title):
             if row == 0:
                 ax.set_title("frame {}".format(f), fontsize=7)
     ax = fig.add_subplot(grid[len(stages), :])
-    ax.barh(range(len(pass_cycles)), pass_cycles, color="tab:blue")
-    ax.set_yticks(range(len(pass_cycles)), pass_names, fontsize=7)
+    ys = np.arange(len(pass_cycles))
+    ax.barh(ys - 0.2, pass_cycles, height=0.4, color="tab:blue",
+            label="measured, START to DONE (link transfers inside)")
+    ax.barh(ys + 0.2, model_cycles, height=0.4, color="tab:orange",
+            label="cycle model, compute only")
+    ax.set_yticks(ys, pass_names, fontsize=7)
     ax.invert_yaxis()
-    ax.set_xlabel("cycles (START to DONE, link transfers inside)", fontsize=7)
+    ax.set_xlabel("cycles", fontsize=7)
+    ax.legend(fontsize=6, loc="lower right")
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -215,7 +221,7 @@ def main(argv=None):
                   frames=link.frames, wall_seconds=wall)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "demo.json").write_text(json.dumps(report, indent=1) + "\n")
-    picture(args.out / "demo.png", video, q.cfg, _kept_tokens(job), cycles, names,
+    picture(args.out / "demo.png", video, q.cfg, _kept_tokens(job), cycles, predicted, names,
             "{} clip {}: class {} (label {}), tau={} rho={} r={}".format(
                 args.model, clip, report["predicted"], "n/a" if label is None else label,
                 settings["tau"], settings["rho"], settings["r"]))
