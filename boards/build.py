@@ -102,6 +102,9 @@ class Board:
         Multipliers of the part when they are too few for the PE array's lanes and its
         requantisers' partial products: the lanes beyond them are built in logic
         (:func:`lut_multipliers`); ``None`` maps every multiplier to a DSP.
+    pll_hz : float or None
+        The linked design's clock, made from the board's by a PLL (:class:`boards.top.ECP5PLL`)
+        and the frequency nextpnr is asked to meet; ``None`` runs it on the board's clock.
     """
     platform: str
     preset: str
@@ -115,6 +118,7 @@ class Board:
     baud: int = 3_000_000
     selftest_preset: str = None
     dsps: int = None
+    pll_hz: float = None
 
 
 def lut_multipliers(config, dsps):
@@ -155,8 +159,10 @@ BOARDS = {
         # The platform checks for openFPGALoader even when it only builds.
         env={"OPENFPGALOADER": "true"},
         # The run-through is the largest part of the model the LFE5U-85F's block RAM holds
-        # (python -m hw.memories); 25 MHz / 1 Mbaud = 25 cycles a bit (3 Mbaud is 8.33).
-        design="run_through_link", baud=1_000_000, selftest_preset="default"),
+        # (python -m hw.memories). It runs at the 75 MHz target from the PLL, so that nextpnr
+        # places and routes for it (against the 25 MHz board clock it stopped at 26 MHz):
+        # 75 MHz / 3 Mbaud = 25 cycles a bit.
+        design="run_through_link", baud=3_000_000, selftest_preset="default", pll_hz=75e6),
     # iCEBreaker: red and green LEDs on the main board carry the verdict; heartbeat and done use
     # the snap-off PMOD's LEDs (LED3, LED4). "-dsp" maps multipliers to the UP5K's 8 SB_MAC16:
     # the requantiser's two unsigned 16 x 16 partial products take two, six lanes the rest, and
@@ -448,14 +454,25 @@ def build(*, board, design=None, preset=None, out=None):
         needed, available, rams = fit(design, config, spec.family)
         _log("block RAM: {} of {} ({:.0%})".format(needed, available, needed / available))
         if needed > available:
+            streamed = ""
+            if config.max_layers > 1:
+                # What holding one block's constants at a time (the host streaming each block's
+                # before its pass, sim.model_job.TINY_STREAMED's way) would leave.
+                one, _, _ = fit(design, config.replace(max_layers=1), spec.family)
+                streamed = (" (with one block's constants on chip, streamed per pass: {})"
+                            .format(one))
             raise BuildError(
-                "{} at preset {} needs {} block RAMs, the {} has {}; largest: {}. See "
+                "{} at preset {} needs {} block RAMs{}, the {} has {}; largest: {}. See "
                 "python -m hw.memories --design {} --preset {} --family {}".format(
-                    design, preset, needed, platform.device, available,
+                    design, preset, needed, streamed, platform.device, available,
                     ", ".join("{} {}".format(p, b) for p, b in rams[:5]), design, preset,
                     spec.family))
-        top = BoardLink(design, config, clock_hz=platform.default_clk_frequency,
-                        baud=spec.baud, led=spec.leds.get("heartbeat"))
+        clocks = None
+        if spec.pll_hz is not None:
+            from boards.top import ECP5PLL
+            clocks = ECP5PLL(output_hz=spec.pll_hz)
+        top = BoardLink(design, config, clock_hz=spec.pll_hz or platform.default_clk_frequency,
+                        baud=spec.baud, led=spec.leds.get("heartbeat"), clocks=clocks)
         extra = {"link": {"baud": spec.baud, "divisor": top.divisor,
                           "inputs": len(top.link.ports.inputs),
                           "outputs": len(top.link.ports.outputs)},

@@ -18,7 +18,7 @@ simulated cycles a byte).
 Writes ``build/demo/demo.json`` (logits from the chip and from the golden model, the classes,
 the label, cycles per pass (each pass is a block; the first also embeds, the last also
 classifies) against the cycle model's, MACs performed against the dense model's, the tokens
-STA keeps, the time a clip takes at 25 MHz and at the ULX3S build's Fmax when
+STA keeps, the time a clip takes at the ULX3S build's clock (75 MHz) and at its Fmax when
 ``build/ulx3s/report.json`` exists, link frames and wall time) and ``build/demo/demo.png``
 (the clip's frames with the tokens STA dropped hatched, and the cycles of every pass), and
 prints a summary; exits non-zero when the chip's logits differ from the golden model's.
@@ -40,11 +40,13 @@ BOARD_HINT = ("no response from {port}: only the whole model's bitstream (hw.lin
 
 
 def _job(args):
-    from sim.model_job import TINY_RTSA, model_job, tiny_model
+    from sim.model_job import TINY_STREAMED, model_job, tiny_model
     if args.model == "tiny":
         q, videos = tiny_model(7301)
         clip = 1 if args.clip is None else args.clip
-        video, label, cfg = videos[clip], None, TINY_RTSA
+        # One block's constants on chip at a time, each block's streamed before its pass: what
+        # a board whose block RAM holds fewer blocks than the model has does.
+        video, label, cfg = videos[clip], None, TINY_STREAMED
         settings = dict(tau=2, rho=0.5, r=1)
     else:
         from golden import benchmark
@@ -98,6 +100,32 @@ def _kept_tokens(job):
             ids = [ids[i] for i in keep]
         out.append(list(ids))
     return out
+
+
+#: Stream ports of the link by what they carry (the rest: the blocks' and the model's
+#: constants, ``*_load``).
+_LISTS = ("buffer.keep_load",)
+
+
+def traffic(link, baud, streamed):
+    """What crossed the link in a run (:class:`boards.link.Link`'s counts): bytes each way,
+    frames whole, and the payload bytes by kind: constants (every ``*_load`` port but the keep
+    lists and position lists), pixels in, keep and position lists in, results and STA reports
+    out; the line time at ``baud`` (8N1: 10 bits a byte, the longer direction)."""
+    kinds = dict(constants=0, pixels=0, lists=0, results=0)
+    for path, n in link.beat_bytes.items():
+        if path in _LISTS or path.endswith("pos_load"):
+            kinds["lists"] += n
+        elif path.endswith("_load"):
+            kinds["constants"] += n
+        elif path == "i":
+            kinds["pixels"] += n
+        else:
+            kinds["results"] += n
+    line = max(link.bytes_out, link.bytes_in) * 10 / baud
+    return dict(bytes_out=link.bytes_out, bytes_in=link.bytes_in, payload=kinds,
+                frames=link.frames, baud=baud, line_ms=round(1e3 * line, 3),
+                constants_streamed_per_clip=streamed)
 
 
 def _fmax(board="ulx3s"):
@@ -187,7 +215,7 @@ def main(argv=None):
         except LinkError as e:
             print(BOARD_HINT.format(port=args.port) + " ({})".format(e), file=sys.stderr)
             return 2
-        logits, results = run_clip(link, job, clock_hz=25e6, deadline=30.0)
+        logits, results = run_clip(link, job, clock_hz=BOARDS["ulx3s"].pll_hz, deadline=30.0)
         link.close()
         where = "board on {}".format(args.port)
     else:
@@ -204,7 +232,9 @@ def main(argv=None):
     predicted = job.predicted_pass_cycles()
     work = _work(q, video, job, cfg.lanes)
     fmax = _fmax()
-    clocks = {"25 MHz (the boards' link clock)": 25.0}
+    from boards.build import BOARDS
+    ulx3s = BOARDS["ulx3s"].pll_hz / 1e6
+    clocks = {"{:g} MHz (the ULX3S build's clock)".format(ulx3s): ulx3s}
     if fmax:
         clocks["{fmax_mhz} MHz (Fmax of the {board} {design} build)".format(**fmax)] = \
             fmax["fmax_mhz"]
@@ -218,7 +248,8 @@ def main(argv=None):
                   macs=work, kept_tokens=[len(k) for k in _kept_tokens(job)],
                   milliseconds={name: round(1e3 * compute / (mhz * 1e6), 3)
                                 for name, mhz in clocks.items()},
-                  frames=link.frames, wall_seconds=wall)
+                  frames=link.frames, link=traffic(link, args.baud, job.blocks.streamed),
+                  wall_seconds=wall)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "demo.json").write_text(json.dumps(report, indent=1) + "\n")
     picture(args.out / "demo.png", video, q.cfg, _kept_tokens(job), cycles, predicted, names,
@@ -244,6 +275,12 @@ def main(argv=None):
     for name, ms in report["milliseconds"].items():
         print("  {} compute cycles (cycle model) at {}: {:.3f} ms a clip, the link's "
               "transfers not counted".format(compute, name, ms))
+    t = report["link"]
+    print("  link: {} bytes to the chip, {} back in {} frames; payload {}; {:.1f} ms of line "
+          "time at {:g} Mbaud{}".format(
+              t["bytes_out"], t["bytes_in"], t["frames"], t["payload"], t["line_ms"],
+              args.baud / 1e6, " (every block's constants streamed before its pass)"
+              if t["constants_streamed_per_clip"] else " (the constants loaded once, not per clip)"))
     print("  wrote {} and {}".format(args.out / "demo.json", args.out / "demo.png"))
     return 0 if logits == want else 1
 

@@ -18,6 +18,7 @@ Every wait is bounded: a response that does not come within the serial timeout r
 import asyncio
 import struct
 import time
+from collections import Counter
 
 from amaranth.hdl import Shape
 from amaranth.lib import data
@@ -104,6 +105,16 @@ class Link:
     serial : object with ``write(bytes)`` and ``read(n)`` (a ``serial.Serial``)
     top : the component behind the link (its streams and register windows name the ports)
     max_payload : the link's frame payload size (checked against the chip's INFO)
+
+    Attributes
+    ----------
+    frames : int
+        Commands sent (each answered).
+    bytes_out, bytes_in : int
+        Bytes on the line to the chip and back, frames whole (sync, header, payload, CRC):
+        the line time of a run is ``10 * max(bytes_out, bytes_in) / baud`` (8N1, full duplex).
+    beat_bytes : collections.Counter
+        Payload bytes of the beats each stream port moved (``"qkv.w_load"``, ``"o"``, ...).
     """
 
     def __init__(self, serial, top, *, max_payload=1024):
@@ -111,8 +122,14 @@ class Link:
         self.ports = LinkPorts(top)
         self.max_payload = max_payload
         self._seq = 0
-        self._reader = ResponseReader(serial.read)
-        self.frames = 0
+        self._reader = ResponseReader(self._read)
+        self.frames = self.bytes_out = self.bytes_in = 0
+        self.beat_bytes = Counter()
+
+    def _read(self, n):
+        got = self.serial.read(n)
+        self.bytes_in += len(got)
+        return got
 
     @classmethod
     def open(cls, port, top, *, baud=3_000_000, timeout=2.0, max_payload=1024):
@@ -132,7 +149,9 @@ class Link:
         :exc:`LinkError` for a status not in ``ok`` or a response to another frame."""
         seq = self._seq
         self._seq = (seq + 1) & 0xFF
-        self.serial.write(encode_frame(seq, cmd, payload))
+        frame = encode_frame(seq, cmd, payload)
+        self.serial.write(frame)
+        self.bytes_out += len(frame)
         got_seq, status, body = self._reader.read()
         self.frames += 1
         if got_seq != seq:
@@ -184,7 +203,9 @@ class Link:
         status, body = self.command(Command.SEND,
                                     bytes([k]) + b"".join(pack(layout, b) for b in chunk),
                                     ok=(Status.OK, Status.STALLED))
-        return struct.unpack("<H", body)[0]
+        took = struct.unpack("<H", body)[0]
+        self.beat_bytes[path] += took * size
+        return took
 
     def sending(self, path, beats, *, deadline=10.0):
         """Send every beat, a frame at a time, yielding after each frame (so that a caller can
@@ -213,6 +234,7 @@ class Link:
         cycles for each)."""
         k, layout, size = self.ports.output(path)
         _, body = self.command(Command.RECV, struct.pack("<BH", k, min(count, 0xFFFF)))
+        self.beat_bytes[path] += len(body)
         return [unpack(layout, body[j:j + size]) for j in range(0, len(body), size)]
 
     def recv(self, path, count, *, deadline=10.0):

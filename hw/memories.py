@@ -2,7 +2,7 @@
 
 ::
 
-    python -m hw.memories [--design model] [--preset vidt] [--top 12]
+    python -m hw.memories [--design model] [--preset vidt] [--top 12] [--max-layers N]
 
 Elaborates the design (no synthesis) and lists every :class:`amaranth.lib.memory.Memory`
 (including FIFO storage) with its width, depth and bits, largest first, grouped by the place
@@ -99,8 +99,14 @@ def main(argv=None):
     ap.add_argument("--family", default="ecp5", choices=sorted(BLOCK_RAMS),
                     help="FPGA family whose block RAMs are counted")
     ap.add_argument("--top", type=int, default=12, help="rows to list")
+    ap.add_argument("--max-layers", type=int, default=None,
+                    help="blocks whose constants the stages hold (default: the preset's; 1 is "
+                         "a board that streams each block's constants before its pass)")
     args = ap.parse_args(argv)
-    inv = memory_inventory(args.design, preset(args.preset))
+    config = preset(args.preset)
+    if args.max_layers is not None:
+        config = config.replace(max_layers=args.max_layers)
+    inv = memory_inventory(args.design, config)
     blocks = dict(block_rams(inv, args.family))
     rows = defaultdict(lambda: [0, 0, 0, 0, 0])
     for path, width, depth in inv:
@@ -113,8 +119,8 @@ def main(argv=None):
     total = sum(r[3] for r in rows.values())
     spec = BLOCK_RAMS[args.family]
     used = sum(blocks.values())
-    print("{} on preset {}: {} memories, {:.2f} Mbit; {} {} of {} ({:.0%})".format(
-        args.design, args.preset, len(inv), total / 1e6, used, spec["cell"], spec["available"],
+    print("{} on preset {} (max_layers {}): {} memories, {:.2f} Mbit; {} {} of {} ({:.0%})".format(
+        args.design, args.preset, config.max_layers, len(inv), total / 1e6, used, spec["cell"], spec["available"],
         used / spec["available"]))
     print("| memory | count | width | depth | kbit | share | {} |".format(spec["cell"]))
     print("|---|---:|---:|---:|---:|---:|---:|")

@@ -1,11 +1,15 @@
 """Several transformer blocks of a model on one :class:`hw.block.Block`, their constants all
 on chip, with the golden expectation.
 
-Every stage that holds constants keeps ``max_layers`` parts (:data:`hw.engine.LAYER`). A run
-loads every block's weights, channel constants, LayerNorm parameters and GELU table once, then
-runs the blocks one after the other: before each, the host writes the block's ``layer`` and
-its scalar settings (token counts, LayerNorm and attention requantisation constants, a few
-words per stage) and starts the stages; the block's input is the previous block's output.
+Every stage that holds constants keeps ``max_layers`` parts (:data:`hw.engine.LAYER`). When
+the model's blocks fit (``depth <= max_layers``, *resident*), a run loads every block's
+weights, channel constants, LayerNorm parameters and GELU table once, then runs the blocks one
+after the other; otherwise (*streamed*: a board whose block RAM holds fewer blocks' weights
+than the model has) each pass first loads its own block's constants, into part
+``block % max_layers``, so the host sends every block's constants once a clip. Before each
+block the host writes the block's ``layer`` and its scalar settings (token counts, LayerNorm
+and attention requantisation constants, a few words per stage) and starts the stages; the
+block's input is the previous block's output.
 Between blocks the pipeline drains (the next block starts when the last stage of the previous
 one is DONE): those cycles are in each block's count.
 
@@ -43,7 +47,7 @@ from hw.layernorm import ln_param_words
 from sim.block_job import activation_beats, block_job
 
 __all__ = ["BlocksJob", "blocks_job", "keep_list", "ModelJob", "model_job", "TINY",
-           "TINY_RTSA", "tiny_model"]
+           "TINY_RTSA", "TINY_STREAMED", "tiny_model"]
 
 
 @dataclass
@@ -53,7 +57,8 @@ class BlocksJob:
     Attributes
     ----------
     blocks : list of :class:`sim.block_job.BlockJob`
-        One per block, in order; block ``l`` holds its constants in layer ``l``.
+        One per block, in order; block ``l`` holds its constants in layer
+        ``l % config.max_layers``.
     out : torch.Tensor
         The last block's expected output ``[N_total, d]`` (pruned, if its block is a stage
         block: what the head pools).
@@ -75,9 +80,18 @@ class BlocksJob:
     def load_beats(self):
         return sum(b.load_beats for b in self.blocks)
 
+    @property
+    def streamed(self):
+        """More blocks than the stages hold layers of: each block's constants are loaded
+        before its own pass, not all before the first."""
+        return len(self.blocks) > self.config.max_layers
+
     def plans(self, *, timeout=None):
-        """One :class:`sim.driver.Plan` per block: the first loads every block's constants
-        before it programs and starts its own run; the others only program and start."""
+        """One :class:`sim.driver.Plan` per block: resident, the first loads every block's
+        constants before it programs and starts its own run, the others only program and
+        start; streamed, each loads its own block's constants first."""
+        if self.streamed:
+            return [b.plan(timeout=timeout) for b in self.blocks]
         plans = [b.plan(timeout=timeout, load=False) for b in self.blocks]
         plans[0].setup = [step for b in self.blocks for step in b.loads] + plans[0].setup
         return plans
@@ -90,14 +104,12 @@ def blocks_job(config, model, xs, n_s, *, tau, rho, r=0, depth=None, delta_enabl
     each ``[N, d]``; see :func:`sim.block_job.block_job` for the token order), delta threshold
     ``tau``, sub-vector keep ratio ``rho`` and STA pruning of ``r`` tokens per group (one
     whole clip: ``N = n_t * n_s``; the stages follow :class:`golden.sta.STAPruner`'s schedule
-    for ``depth`` blocks)."""
+    for ``depth`` blocks). Block ``b``'s constants go to layer ``b % config.max_layers``
+    (streamed when ``depth > max_layers``: :attr:`BlocksJob.streamed`)."""
     depth = len(model.blocks) if depth is None else depth
     if not 1 <= depth <= len(model.blocks):
         raise ValueError("depth must be 1 .. {} (the model's blocks), not {!r}"
                          .format(len(model.blocks), depth))
-    if depth > config.max_layers:
-        raise ValueError("{} blocks do not fit a configuration of max_layers {}"
-                         .format(depth, config.max_layers))
     n = xs[0].shape[0]
     pruner = _pruner(xs, n_s, r, depth)
     tokens = Tokens.full(1, n // n_s, n_s) if pruner else None
@@ -105,7 +117,8 @@ def blocks_job(config, model, xs, n_s, *, tau, rho, r=0, depth=None, delta_enabl
     for b in range(depth):
         stage = pruner is not None and b in pruner.blocks
         job = block_job(config, model.blocks[b], seqs, n_s, tau=tau, rho=rho,
-                        delta_enable=delta_enable, name="{}/block{}".format(name, b), block=b,
+                        delta_enable=delta_enable, name="{}/block{}".format(name, b),
+                        block=b % config.max_layers,
                         tokens=tokens if ragged else None, report=stage)
         jobs.append(job)
         if stage:
@@ -201,7 +214,8 @@ class ModelJob:
 
     def plans(self, *, timeout=None):
         """One :class:`sim.driver.Plan` per block pass (see :mod:`hw.model`); the first loads
-        every constant of the model first. Between passes the tokens stay in the token buffer;
+        every constant of the model first (streamed, :attr:`BlocksJob.streamed`: the
+        embedding's, the head's and block 0's; each later pass its own block's). Between passes the tokens stay in the token buffer;
         the host loads a keep list after an STA stage block."""
         from sim.driver import Plan
         jobs = self.blocks.blocks
@@ -230,6 +244,8 @@ class ModelJob:
                 counters.update(self._head_counters())
             counters = {s: {"cycles": None, **c} for s, c in counters.items()}
             program += [("start", s, True) for s in reversed(started)]
+            if job is not None and self.blocks.streamed:
+                program = job.loads + program           # this block's constants, this pass
             outputs = ([("o", self.head.expected)] if head else []) + (job.reports if job else [])
             plans.append(Plan(name="{}/pass{}".format(self.name, k),
                               setup=(self._loads() if first else []) + program,
@@ -274,7 +290,8 @@ class ModelJob:
                  ("write", "head", "layer", 0), ("pulse", "head", ("reset_load",)),
                  ("load", "head.w_load", self.head.weights),
                  ("load", "head.c_load", self.head.channels)]
-                + [step for b in self.blocks.blocks for step in b.loads])
+                + ([] if self.blocks.streamed
+                   else [step for b in self.blocks.blocks for step in b.loads]))
 
     def _block_pass(self, k, job, *, to_head):
         n = self._tokens_in(k)
@@ -396,8 +413,12 @@ def _tiny_hardware():
 
 
 #: The array that holds :data:`TINY` (2 rows x 4 lanes, both blocks' constants): the whole
-#: model's configuration in make test and in make demo's default.
+#: model's configuration in make test.
 TINY_RTSA = _tiny_hardware()
+#: The same array holding one block's constants at a time: the host streams each block's
+#: before its pass, as a board whose block RAM holds fewer blocks than the model does
+#: (:attr:`BlocksJob.streamed`); make demo's default and the host link's end-to-end test.
+TINY_STREAMED = TINY_RTSA.replace(max_layers=1, name="small_model_l1")
 
 
 def tiny_model(seed):

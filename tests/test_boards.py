@@ -5,6 +5,7 @@ it, ``make test FAST=1`` skips it).
 """
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -203,9 +204,14 @@ def test_a_design_too_large_for_the_part_fails_before_any_tool(monkeypatch):
     with the largest memories, in seconds and without running Yosys."""
     monkeypatch.chdir(ROOT)
     monkeypatch.setattr(board_build, "_run_script", lambda *a: pytest.fail("toolchain ran"))
-    with pytest.raises(board_build.BuildError, match=r"model_link at preset vidt needs \d+ "
-                                                      r"block RAMs, the LFE5U-85F has 208"):
+    with pytest.raises(board_build.BuildError, match=r"model_link at preset vidt needs (\d+) "
+                       r"block RAMs \(with one block's constants on chip, streamed per pass: "
+                       r"(\d+)\), the LFE5U-85F has 208") as err:
         board_build.build(board="ulx3s", design="model_link", out="build/pytest-fit")
+    # Streaming the blocks' constants saves their weights, but not enough to fit.
+    resident, streamed = map(int, re.search(r"needs (\d+) .*streamed per pass: (\d+)",
+                                            str(err.value)).groups())
+    assert resident > streamed > 208
     needed, available, rams = board_build.fit("run_through_link", preset("vidt"), "ecp5")
     assert needed <= available == 208 and rams[0][1] >= rams[-1][1]
 
@@ -229,3 +235,39 @@ def test_icebreaker_build_end_to_end(monkeypatch):
     assert report["clock_mhz"] == pytest.approx(12.0, rel=1e-3)
     assert report["fmax_mhz"] > 12 and report["timing_met"]
     assert (out / "top.bin").stat().st_size > 0
+
+
+@pytest.mark.parametrize("mhz", [75, 50, 60, 100, 125])
+def test_ecp5_pll_dividers_make_the_clock_exactly(mhz):
+    from boards.top import ecp5_pll_dividers
+    clki, clkfb, clkop = ecp5_pll_dividers(25e6, mhz * 1e6)
+    assert 25 * clkfb == mhz * clki                     # exact: the UART's divisor relies on it
+    assert 400 <= mhz * clkop <= 800 and 25 / clki >= 3.125
+
+
+def test_ecp5_pll_refuses_what_it_cannot_make():
+    from boards.top import ecp5_pll_dividers
+    # 48 = 25 * 48 / 25: a phase detector at 1 MHz, below the part's 3.125 MHz.
+    with pytest.raises(ValueError, match="cannot make 48 MHz from 25 MHz"):
+        ecp5_pll_dividers(25e6, 48e6)
+
+
+def test_the_ulx3s_link_runs_on_the_pll_clock(monkeypatch):
+    """The ULX3S's linked design runs from an EHXPLLL at the board's pll_hz (75 MHz from the
+    25 MHz oscillator: VCO 450 MHz), its reset held until LOCK, and the UART's bit time is
+    that clock over 3 Mbaud (25 cycles). Elaborated for the board, no tool run."""
+    from boards.top import BoardLink, ECP5PLL
+    spec = board_build.BOARDS["ulx3s"]
+    assert spec.pll_hz == 75e6 and spec.baud == 3_000_000
+    monkeypatch.setenv("OPENFPGALOADER", "true")
+    platform = board_build._platform(spec)
+    top = BoardLink("pe_array_link", preset("tiny"), clock_hz=spec.pll_hz, baud=spec.baud,
+                    led=spec.leds["heartbeat"], clocks=ECP5PLL(output_hz=spec.pll_hz))
+    assert top.divisor == 25
+    il = platform.prepare(top, name="top").files["top.il"]
+    assert il.count("cell \\EHXPLLL") == 1
+    pll = il[il.index("cell \\EHXPLLL"):]
+    pll = pll[:pll.index("\n  end")]
+    for name, value in (("CLKI_DIV", 1), ("CLKFB_DIV", 3), ("CLKOP_DIV", 6)):
+        assert re.search(r"parameter \\{} {}\b".format(name, value), pll), name
+    assert "connect \\LOCK" in pll

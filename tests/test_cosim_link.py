@@ -1,7 +1,8 @@
 """The host library over the simulated UART: a clip of the seeded tiny model goes through
 pyserial, a pseudo-terminal and the UART pins of the generated Verilog of the whole model
 behind its link (Verilator), with the same plans every other backend runs (model_job: every
-constant loaded over the link, every pass programmed and started over it), STA r = 1 with
+constant loaded over the link, every pass programmed and started over it; the array holds one
+block's constants, so each block's are streamed before its pass), STA r = 1 with
 the selection made in the host from the reports the chip sent (boards.host.run_clip); the
 logits equal ``IntVidT.forward``'s, bit for bit, and every counter the plans expect is read
 back over the link."""
@@ -10,17 +11,20 @@ import pytest
 
 from boards.host import run_clip
 from sim.link_sim import simulated_link
-from sim.model_job import model_job, tiny_model
-from tests.test_model import CFG, SEED
+from sim.model_job import TINY_STREAMED, model_job, tiny_model
+from tests.test_model import SEED
 
 
 @pytest.mark.cosim
 def test_a_clip_through_pyserial_and_the_simulated_uart():
     q, videos = tiny_model(SEED)
-    job = model_job(CFG, q, videos[1], tau=2, rho=0.5, r=1)
-    with simulated_link(CFG, optimised=True) as link:
+    job = model_job(TINY_STREAMED, q, videos[1], tau=2, rho=0.5, r=1)
+    assert job.blocks.streamed
+    with simulated_link(TINY_STREAMED, optimised=True) as link:
         logits, _ = run_clip(link, job, clock_hz=1e5, deadline=300.0)
     assert logits == job.logits.tolist()
+    # Every byte the host sent or took is counted, the constants among them.
+    assert link.bytes_out > link.beat_bytes["qkv.w_load"] > 0 and link.bytes_in > 0
 
 
 @pytest.mark.cosim

@@ -28,4 +28,6 @@ def test_inventory_of_a_block():
 
 def test_cli_prints_the_total(capsys):
     assert main(["--design", "pe_array", "--preset", "tiny"]) == 0
-    assert "pe_array on preset tiny" in capsys.readouterr().out
+    assert "pe_array on preset tiny (max_layers 1)" in capsys.readouterr().out
+    assert main(["--design", "linear_engine", "--preset", "tiny", "--max-layers", "3"]) == 0
+    assert "linear_engine on preset tiny (max_layers 3)" in capsys.readouterr().out

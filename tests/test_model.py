@@ -12,7 +12,7 @@ import pytest
 
 from hw.model import Model
 from sim.driver import run_amaranth_plans
-from sim.model_job import TINY_RTSA, model_job, tiny_model
+from sim.model_job import TINY_RTSA, TINY_STREAMED, model_job, tiny_model
 from tests.test_attention_engine import SMALL
 
 SEED = 7301
@@ -107,3 +107,34 @@ def test_a_clip_started_before_a_blocks_weights_are_loaded_is_refused_then_runs_
         regs = top.windows[s][1]
         value = res[0]["seen"]["stopped " + s]
         assert not regs.status(value).running, (s, regs.describe(value))
+
+
+@pytest.mark.parametrize("cfg", [CFG, TINY_STREAMED], ids=["resident", "streamed"])
+def test_each_blocks_constants_reach_its_layer_before_its_pass(tiny, cfg):
+    """Resident (two layers for two blocks): the first pass loads both blocks' constants into
+    layers 0 and 1, later passes none. Streamed (one layer): every pass loads its own block's
+    into layer 0 before it programs and starts the block; the constants sent are block 0's and
+    then block 1's (different weights), and nothing runs on a layer other than 0. The
+    co-simulation over the link (tests/test_cosim_link.py) runs the streamed clip bit-exactly."""
+    q, videos = tiny
+    job = model_job(cfg, q, videos[1], tau=2, rho=0.5, r=1)
+    plans = job.plans()
+    streamed = cfg.max_layers < len(q.blocks)
+    assert job.blocks.streamed == streamed
+    blocks = job.blocks.blocks
+    weights = [[s for s in b.loads if s[:2] == ("load", "qkv.w_load")] for b in blocks]
+    assert weights[0] != weights[1]
+    for k, plan in enumerate(plans):
+        loads = [s for s in plan.setup if s[:2] == ("load", "qkv.w_load")]
+        layers = {s[3] for s in plan.setup if s[0] == "write" and s[2] == "layer"
+                  and s[1] not in ("embed", "norm", "head")}
+        if streamed:
+            assert loads == (weights[k] if k < len(blocks) else []), k
+            assert layers <= {0}
+            if loads:
+                # The loads come before the block's program starts any stage.
+                first_start = next(j for j, s in enumerate(plan.setup) if s[0] == "start")
+                assert plan.setup.index(loads[-1]) < first_start
+        else:
+            assert loads == (weights[0] + weights[1] if k == 0 else []), k
+            assert layers <= ({0, 1} if k == 0 else {k})
