@@ -58,6 +58,9 @@ def _job(args):
     for k in settings:
         if getattr(args, k) is not None:
             settings[k] = getattr(args, k)
+    if getattr(args, "max_layers", None) is not None:
+        cfg = cfg.replace(max_layers=args.max_layers, name="{}_l{}".format(cfg.name,
+                                                                           args.max_layers))
     return cfg, clip, label, settings, q, video, model_job(cfg, q, video, **settings)
 
 
@@ -102,30 +105,58 @@ def _kept_tokens(job):
     return out
 
 
-#: Stream ports of the link by what they carry (the rest: the blocks' and the model's
-#: constants, ``*_load``).
-_LISTS = ("buffer.keep_load",)
+#: What a stream of the link carries, by its path: the keep lists and position lists the host
+#: sends between passes, the pixels, results (logits, STA reports) out, and the constants (every
+#: other ``*_load``: weights, channel constants, LayerNorm parameters, GELU and positional tables).
+def _kind(path):
+    if path == "buffer.keep_load" or path.endswith("pos_load"):
+        return "lists"
+    if path.endswith("_load"):
+        return "constants"
+    return "pixels" if path == "i" else "results"
+
+
+def _by_kind(payload):
+    kinds = dict(constants=0, pixels=0, lists=0, results=0)
+    for path, n in payload.items():
+        kinds[_kind(path)] += n
+    return kinds
+
+
+def planned(top, job, baud):
+    """The link traffic of ``job``'s clip without running it (:func:`boards.link.planned_traffic`
+    over the plans of a :class:`sim.model_job.ModelJob`): payload bytes by kind, the bytes the
+    host sends in whole frames, and their line time at ``baud`` (8N1: 10 bits a byte); in
+    all, and per clip once the constants that stay on chip are loaded
+    (:meth:`sim.model_job.ModelJob.resident_loads`: every constant when the blocks' are
+    resident, all but the blocks' when they are streamed)."""
+    from boards.link import planned_traffic
+    from hw.link import LinkPorts
+    from sim.driver import Plan
+    ports = LinkPorts(top)
+    inputs = {p for p, _, _ in ports.inputs}
+
+    def count(plans):
+        got = planned_traffic(ports, plans)
+        sent = sum(line for path, (_, _, line) in got.items() if path in inputs)
+        return _by_kind({p: b for p, (_, b, _) in got.items()}), sent
+    payload, sent = count(job.plans())
+    once, once_sent = count([Plan("resident", setup=job.resident_loads())])
+    per_clip = {k: v - once[k] for k, v in payload.items()}
+    return dict(payload=payload, bytes_out=sent, line_ms=round(1e4 * sent / baud, 3),
+                per_clip=dict(payload=per_clip, bytes_out=sent - once_sent,
+                              line_ms=round(1e4 * (sent - once_sent) / baud, 3)),
+                streamed=job.blocks.streamed)
 
 
 def traffic(link, baud, streamed):
     """What crossed the link in a run (:class:`boards.link.Link`'s counts): bytes each way,
-    frames whole, and the payload bytes by kind: constants (every ``*_load`` port but the keep
-    lists and position lists), pixels in, keep and position lists in, results and STA reports
-    out; the line time at ``baud`` (8N1: 10 bits a byte, the longer direction)."""
-    kinds = dict(constants=0, pixels=0, lists=0, results=0)
-    for path, n in link.beat_bytes.items():
-        if path in _LISTS or path.endswith("pos_load"):
-            kinds["lists"] += n
-        elif path.endswith("_load"):
-            kinds["constants"] += n
-        elif path == "i":
-            kinds["pixels"] += n
-        else:
-            kinds["results"] += n
+    frames whole, the payload bytes by kind (:func:`_kind`), and the line time at ``baud``
+    (8N1: 10 bits a byte, the longer direction; the commands' own frames included)."""
     line = max(link.bytes_out, link.bytes_in) * 10 / baud
-    return dict(bytes_out=link.bytes_out, bytes_in=link.bytes_in, payload=kinds,
-                frames=link.frames, baud=baud, line_ms=round(1e3 * line, 3),
-                constants_streamed_per_clip=streamed)
+    return dict(bytes_out=link.bytes_out, bytes_in=link.bytes_in,
+                payload=_by_kind(link.beat_bytes), frames=link.frames, baud=baud,
+                line_ms=round(1e3 * line, 3), streamed=streamed)
 
 
 def _fmax(board="ulx3s"):
@@ -196,26 +227,37 @@ def main(argv=None):
     ap.add_argument("--tau", type=int, default=None)
     ap.add_argument("--rho", type=float, default=None)
     ap.add_argument("--r", type=int, default=None)
+    ap.add_argument("--max-layers", type=int, default=None,
+                    help="blocks whose constants the chip holds (default: the model's array's; "
+                         "fewer streams each block's before its pass)")
+    ap.add_argument("--traffic", action="store_true",
+                    help="only count what the clip moves over the link and the time it takes "
+                         "at --baud, without running it")
     ap.add_argument("--out", type=Path, default=REPO / "build" / "demo")
     args = ap.parse_args(argv)
     import warnings
     from amaranth.hdl import UnusedElaboratable
     # The host builds the chip's top for its port map and register windows only.
     warnings.simplefilter("ignore", UnusedElaboratable)
+    from boards.build import BOARDS
     from boards.host import run_clip
     from boards.link import Link, LinkError
+    from hw.model import Model
     print("demo: building the {} model's job (golden expectation) ...".format(args.model),
           flush=True)
     cfg, clip, label, settings, q, video, job = _job(args)
+    plan = planned(Model(cfg), job, args.baud)
+    clock = BOARDS["ulx3s"].pll_hz
+    if args.traffic:
+        return _print_traffic(args, cfg, clip, plan, sum(job.predicted_pass_cycles()), clock)
     t0 = time.monotonic()
     if args.port:
-        from hw.model import Model
         try:
             link = Link.open(args.port, Model(cfg), baud=args.baud)
         except LinkError as e:
             print(BOARD_HINT.format(port=args.port) + " ({})".format(e), file=sys.stderr)
             return 2
-        logits, results = run_clip(link, job, clock_hz=BOARDS["ulx3s"].pll_hz, deadline=30.0)
+        logits, results = run_clip(link, job, clock_hz=clock, deadline=30.0)
         link.close()
         where = "board on {}".format(args.port)
     else:
@@ -232,9 +274,7 @@ def main(argv=None):
     predicted = job.predicted_pass_cycles()
     work = _work(q, video, job, cfg.lanes)
     fmax = _fmax()
-    from boards.build import BOARDS
-    ulx3s = BOARDS["ulx3s"].pll_hz / 1e6
-    clocks = {"{:g} MHz (the ULX3S build's clock)".format(ulx3s): ulx3s}
+    clocks = {"{:g} MHz (the ULX3S build's clock)".format(clock / 1e6): clock / 1e6}
     if fmax:
         clocks["{fmax_mhz} MHz (Fmax of the {board} {design} build)".format(**fmax)] = \
             fmax["fmax_mhz"]
@@ -249,6 +289,7 @@ def main(argv=None):
                   milliseconds={name: round(1e3 * compute / (mhz * 1e6), 3)
                                 for name, mhz in clocks.items()},
                   frames=link.frames, link=traffic(link, args.baud, job.blocks.streamed),
+                  planned_link=plan,
                   wall_seconds=wall)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "demo.json").write_text(json.dumps(report, indent=1) + "\n")
@@ -276,13 +317,32 @@ def main(argv=None):
         print("  {} compute cycles (cycle model) at {}: {:.3f} ms a clip, the link's "
               "transfers not counted".format(compute, name, ms))
     t = report["link"]
-    print("  link: {} bytes to the chip, {} back in {} frames; payload {}; {:.1f} ms of line "
-          "time at {:g} Mbaud{}".format(
-              t["bytes_out"], t["bytes_in"], t["frames"], t["payload"], t["line_ms"],
-              args.baud / 1e6, " (every block's constants streamed before its pass)"
-              if t["constants_streamed_per_clip"] else " (the constants loaded once, not per clip)"))
+    print("  link: {} bytes to the chip, {} back in {} frames ({:.1f} ms of line at {:g} Mbaud); "
+          "payload bytes {}, {}".format(
+              t["bytes_out"], t["bytes_in"], t["frames"], t["line_ms"], args.baud / 1e6,
+              t["payload"], _streamed_note(t["streamed"])))
     print("  wrote {} and {}".format(args.out / "demo.json", args.out / "demo.png"))
     return 0 if logits == want else 1
+
+
+def _streamed_note(streamed):
+    return ("every block's constants streamed before its pass" if streamed
+            else "every block's constants resident (loaded once, not per clip)")
+
+
+def _print_traffic(args, cfg, clip, plan, compute, clock):
+    """``--traffic``: the clip's link traffic and compute time, nothing run."""
+    print("demo: {} clip {} on {} ({} rows x {} lanes, max_layers {}), not run".format(
+        args.model, clip, cfg.name, cfg.rows, cfg.lanes, cfg.max_layers))
+    clip_ = plan["per_clip"]
+    print("  the host sends {} bytes in whole frames: {:.1f} ms of line at {:g} Mbaud (the first "
+          "clip; payload bytes {})".format(plan["bytes_out"], plan["line_ms"], args.baud / 1e6,
+                                           plan["payload"]))
+    print("  every clip after: {} bytes, {:.1f} ms (payload bytes {}); {}".format(
+        clip_["bytes_out"], clip_["line_ms"], clip_["payload"], _streamed_note(plan["streamed"])))
+    print("  the array computes the clip in {} cycles (cycle model): {:.3f} ms at {:g} MHz"
+          .format(compute, 1e3 * compute / clock, clock / 1e6))
+    return 0
 
 
 if __name__ == "__main__":

@@ -26,8 +26,8 @@ from amaranth.lib import data
 from hw.link import (SYNC_CHIP, SYNC_HOST, Command, LinkPorts, Status, crc16, info_bytes,
                      payload_bits)
 
-__all__ = ["LinkError", "encode_frame", "ResponseReader", "pack", "unpack", "Link",
-           "LinkBackend", "run_plans"]
+__all__ = ["LinkError", "FRAME_BYTES", "encode_frame", "planned_traffic", "ResponseReader",
+           "pack", "unpack", "Link", "LinkBackend", "run_plans"]
 
 
 class LinkError(RuntimeError):
@@ -43,6 +43,33 @@ def encode_frame(seq, cmd, payload=b""):
     payload = bytes(payload)
     body = bytes([seq & 0xFF, int(cmd) & 0xFF]) + struct.pack("<H", len(payload)) + payload
     return bytes([SYNC_HOST]) + body + crc16(body).to_bytes(2, "big")
+
+
+#: Bytes a frame adds to its payload: sync, sequence number, command, length (2), CRC (2).
+FRAME_BYTES = 7
+
+
+def planned_traffic(ports, plans, *, max_payload=1024):
+    """What ``plans`` (:class:`sim.driver.Plan` s) move over the link, counted without running
+    them: ``{path: (beats, payload_bytes, line_bytes)}`` for every stream of ``ports``
+    (:class:`hw.link.LinkPorts`) a plan loads, feeds or reads. A host-to-chip stream's line
+    bytes are whole ``SEND`` frames of as many beats as a payload holds (a stream that stalls
+    a frame costs more; one that never does costs exactly this); a chip-to-host stream's are
+    its payload (the ``RECV`` frames around it depend on how the beats come)."""
+    out = {}
+
+    def add(path, n, size, line):
+        b, p, l = out.get(path, (0, 0, 0))
+        out[path] = (b + n, p + n * size, l + line)
+    for plan in plans:
+        for path, beats in [(s[1], s[2]) for s in plan.setup if s[0] == "load"] + list(plan.inputs):
+            _, _, size = ports.input(path)
+            frames = -(-len(beats) // ((max_payload - 1) // size))
+            add(path, len(beats), size, len(beats) * size + frames * (FRAME_BYTES + 1))
+        for path, beats in plan.outputs:
+            _, _, size = ports.output(path)
+            add(path, len(beats), size, len(beats) * size)
+    return out
 
 
 class ResponseReader:

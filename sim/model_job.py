@@ -248,7 +248,7 @@ class ModelJob:
                 program = job.loads + program           # this block's constants, this pass
             outputs = ([("o", self.head.expected)] if head else []) + (job.reports if job else [])
             plans.append(Plan(name="{}/pass{}".format(self.name, k),
-                              setup=(self._loads() if first else []) + program,
+                              setup=(self.resident_loads() if first else []) + program,
                               inputs=[("i", self.pixels)] if first else [], outputs=outputs,
                               counters=counters, done=started,
                               timeout=timeout or int(3 * self.ideal_cycles) + 50_000))
@@ -278,7 +278,10 @@ class ModelJob:
         jobs = self.blocks.blocks
         return jobs[k].stages["frame"]["tokens_out"] if k < len(jobs) else self.pooled_tokens
 
-    def _loads(self):
+    def resident_loads(self):
+        """The loads of the constants that stay on chip from clip to clip, which the first
+        pass of the first clip sends: the embedding's, positional table, final LayerNorm's
+        and classifier's, and the blocks' unless they are streamed."""
         cfg = self.config
         return ([("write", "embed", "layer", 0), ("pulse", "embed", ("reset_load",)),
                  ("load", "embed.w_load", self.embed.weights),

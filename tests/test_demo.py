@@ -49,3 +49,30 @@ def test_picture_is_written(tiny, tmp_path):
     demo.picture(tmp_path / "demo.png", video, q.cfg, demo._kept_tokens(job), [10] * n,
                  [5] * n, demo._pass_names(job), "test")
     assert (tmp_path / "demo.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_planned_traffic_streams_the_blocks_constants_every_clip(tiny):
+    """Streamed (one layer for two blocks), every clip sends every block's constants again;
+    resident (two layers), a clip after the first sends none. The pixels, lists and results are
+    the clip's either way, and line bytes are the payload plus whole frames."""
+    from hw.model import Model
+    from sim.model_job import TINY_RTSA, model_job
+    cfg, _, _, settings, q, video, job = tiny
+    assert job.blocks.streamed
+    streamed = demo.planned(Model(cfg), job, 3_000_000)
+    resident = demo.planned(Model(TINY_RTSA), model_job(TINY_RTSA, q, video, **settings),
+                            3_000_000)
+    from hw.link import LinkPorts
+    ports = LinkPorts(Model(cfg))
+    blocks = sum(len(s[2]) * ports.input(s[1])[2]
+                 for b in job.blocks.blocks for s in b.loads if s[0] == "load")
+    assert streamed["payload"] == resident["payload"]            # the same bytes, first clip
+    assert resident["per_clip"]["payload"]["constants"] == 0
+    assert streamed["per_clip"]["payload"]["constants"] == blocks
+    assert 0 < blocks < streamed["payload"]["constants"]
+    for p in (streamed, resident):
+        per = p["per_clip"]
+        for k in ("pixels", "lists", "results"):
+            assert per["payload"][k] == p["payload"][k] > 0
+        sent = sum(v for k, v in p["payload"].items() if k != "results")
+        assert p["bytes_out"] > sent and p["line_ms"] == round(1e4 * p["bytes_out"] / 3e6, 3)
