@@ -58,7 +58,7 @@ hanging and without emitting a malformed stream:
 Positions must be below ``max_positions``.
 """
 
-from amaranth.hdl import C, Module, Mux, Signal, unsigned
+from amaranth.hdl import C, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -191,6 +191,13 @@ class DeltaEncoder(wiring.Component):
                                                           ("valid", "last", "first", "dense",
                                                            "all"))
         s1_x = Signal(data.ArrayLayout(act, e))
+        # |x - r| > tau  <=>  r <= x - tau - 1  or  r >= x + tau + 1: the bounds are computed
+        # from the beat as it is taken, so that stage 1 compares the reference as it leaves the
+        # block RAM (the ULX3S's slowest path was the RAM's output through the subtract and
+        # then the compare).
+        bound = signed(max(act.width, len(self.tau)) + 2)      # x - tau - 1 .. x + tau + 1
+        s1_lo = Signal(data.ArrayLayout(bound, e))
+        s1_hi = Signal(data.ArrayLayout(bound, e))
         s1_pos = Signal(cfg.position_bits)
         s1_addr = Signal.like(rd.addr)
         s1_adv = Signal()                   # stage 1 hands its word on this cycle
@@ -206,6 +213,8 @@ class DeltaEncoder(wiring.Component):
         with m.If(s1_adv):
             m.d.sync += s1_valid.eq(0)
         with m.If(take):
+            m.d.sync += [s1_lo[j].eq(beat.data[j] - self.tau - 1) for j in range(e)]
+            m.d.sync += [s1_hi[j].eq(beat.data[j] + self.tau + 1) for j in range(e)]
             m.d.sync += [s1_valid.eq(1), s1_x.eq(beat.data), s1_last.eq(final | beat.last),
                          s1_first.eq(first), s1_pos.eq(pos), s1_dense.eq(dense_now),
                          s1_all.eq(all_now), s1_addr.eq(rd.addr),
@@ -238,7 +247,7 @@ class DeltaEncoder(wiring.Component):
         new_r = Signal(data.ArrayLayout(act, e))
         for j in range(e):
             d = x[j] - r[j]
-            big = (d > self.tau) | (-d > self.tau)
+            big = (r[j] <= s1_lo[j]) | (r[j] >= s1_hi[j])
             sent = Mux(s1_dense, s1_all | (x[j] != 0), big)
             m.d.comb += [
                 send[j].eq(sent),

@@ -508,3 +508,26 @@ def test_random_framing_errors_and_clears(name):
     check_equal(res["map"], maps, what="o_map beat", seed=seed)
     check_equal(res["val"], vals, what="o_val beat", seed=seed)
     assert res["errors"] == [1], "error flag (seed {})".format(seed)
+
+
+@pytest.mark.parametrize("tau", [0, 1, 127, 128, 254, 255])
+def test_threshold_at_the_extremes(tau):
+    """|x - r| exactly tau (not sent) and tau + 1 (sent) where they exist, from the ends of
+    int8 (x - r from -255 to 255): the stage-1 compare of the reference against the bounds
+    x - tau - 1 and x + tau + 1 taken with the beat must agree with the reference model's
+    |delta| > tau everywhere, the bounds' full range included (x - 256 and x + 256)."""
+    cfg = CONFIGS["tiny"]
+    n = 2 * cfg.bitmap_word
+    pairs = [(-128, 127), (127, -128), (0, 0), (-128, -128), (127, 127)]
+    for a in (-128, 127, 0, -1):
+        for step in (tau, tau + 1, -tau, -tau - 1):
+            if -128 <= a + step <= 127:
+                pairs.append((a, a + step))
+    tokens = []
+    for k in range(0, len(pairs), n):
+        chunk = (pairs[k:k + n] * n)[:n]
+        tokens += [(0, [r for r, _ in chunk]), (0, [x for _, x in chunk])]
+    results = delta_encode_reference(cfg, tokens, tau=tau, delta_enable=True)
+    sent = sum(len(r["val"]) for r in results[1::2])
+    assert 0 < sent or tau >= 254                          # the pairs do send something
+    encode(cfg, tokens, tau=tau, delta_enable=True, seed=_seed("extremes", tau), stall=0.2)
