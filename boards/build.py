@@ -21,7 +21,11 @@ After the bitstream, ``<out>/report.json`` summarises the build:
 ``board``, ``design``, ``preset``, ``device``
     What was built.
 ``fmax_mhz``, ``clock_mhz``, ``timing_met``
-    nextpnr's achieved and constrained frequency of the one clock domain.
+    nextpnr's achieved and constrained frequency of the one clock domain (the clock the
+    design runs at); a build that misses it keeps its report and exits with status 1.
+``target_mhz``, ``target_met``
+    The clock the board's design is meant to reach (:attr:`Board.target_mhz`), and whether
+    ``fmax_mhz`` does.
 ``luts``
     Logic cells placed by nextpnr: ``TRELLIS_COMB`` (one LUT4 each) on ECP5, ``ICESTORM_LC``
     (a LUT4 and its flip-flop) on iCE40; ``luts_available`` alongside.
@@ -37,6 +41,11 @@ After the bitstream, ``<out>/report.json`` summarises the build:
     the design signals it runs through (:func:`critical_path`).
 ``utilization``, ``yosys_cells``, ``build_seconds``
     Every nextpnr resource count, the Yosys cell counts, wall time of the tool run.
+``timing_estimate``
+    ECP5: every endpoint's logic depth from the netlist (:mod:`boards.timing`): how many miss
+    the clock, and the components with the most late endpoints (nextpnr names one path;
+    this says where the rest are). ``--synth-only`` stops after Yosys with this alone
+    (``estimate.json``).
 ``vectors`` (self-test) or ``link`` and ``block_rams_estimated`` (linked designs)
     The self-test vectors in ROM; the link's baud rate, UART divisor and stream counts, and
     the block RAMs :func:`fit` estimated.
@@ -105,6 +114,9 @@ class Board:
     pll_hz : float or None
         The linked design's clock, made from the board's by a PLL (:class:`boards.top.ECP5PLL`)
         and the frequency nextpnr is asked to meet; ``None`` runs it on the board's clock.
+    target_mhz : float or None
+        The clock the design is meant to reach (the report's ``target_met``): the clock it
+        runs at stays one it meets, so that the bitstream works while the target is not met.
     """
     platform: str
     preset: str
@@ -119,6 +131,7 @@ class Board:
     selftest_preset: str = None
     dsps: int = None
     pll_hz: float = None
+    target_mhz: float = None
 
 
 def lut_multipliers(config, dsps):
@@ -159,10 +172,11 @@ BOARDS = {
         # The platform checks for openFPGALoader even when it only builds.
         env={"OPENFPGALOADER": "true"},
         # The run-through is the largest part of the model the LFE5U-85F's block RAM holds
-        # (python -m hw.memories). It runs at the 75 MHz target from the PLL, so that nextpnr
-        # places and routes for it (against the 25 MHz board clock it stopped at 26 MHz):
-        # 75 MHz / 3 Mbaud = 25 cycles a bit.
-        design="run_through_link", baud=3_000_000, selftest_preset="default", pll_hz=75e6),
+        # (python -m hw.memories). Its clock comes from the PLL: a clock it meets (at the 75 MHz
+        # target nextpnr reached 26.6 MHz before the delta encoder's stage 1b, and no bitstream
+        # that fails its clock is useful), 3 Mbaud at 10 cycles a bit; the target is reported.
+        design="run_through_link", baud=3_000_000, selftest_preset="default", pll_hz=30e6,
+        target_mhz=75.0),
     # iCEBreaker: red and green LEDs on the main board carry the verdict; heartbeat and done use
     # the snap-off PMOD's LEDs (LED3, LED4). "-dsp" maps multipliers to the UP5K's 8 SB_MAC16:
     # the requantiser's two unsigned 16 x 16 partial products take two, six lanes the rest, and
@@ -180,7 +194,7 @@ BOARDS = {
         break_off_pmod=True,
         # No engine fits the UP5K's 30 block RAMs: the PE array alone, operands from the
         # host. 12 MHz / 3 Mbaud = 4 cycles a bit.
-        design="pe_array_link"),
+        design="pe_array_link", target_mhz=30.0),
 }
 
 # nextpnr resource names per family: logic, flip-flops, multipliers, block RAMs.
@@ -383,6 +397,22 @@ def parse_reports(build_dir, family):
     }
 
 
+def _estimate(out, clock_mhz, family, rows=8):
+    """:mod:`boards.timing`'s estimate from the build's netlist (ECP5 only; None otherwise):
+    endpoints, how many miss ``clock_mhz``, the worst, and the ``rows`` components with the
+    most late endpoints."""
+    from boards.timing import arrivals, by_component
+    netlist = out / "top.json"
+    if family != "ecp5" or not netlist.exists():
+        return None
+    endpoints = arrivals(json.loads(netlist.read_text()))
+    late = by_component(endpoints, 1e3 / clock_mhz)
+    return {"clock_mhz": clock_mhz, "endpoints": len(endpoints),
+            "late": sum(r[1] for r in late), "worst_ns": endpoints[0][0] if endpoints else 0,
+            "components": [dict(component=k, late=n, worst_ns=w, path=p)
+                           for k, n, w, p in late[:rows]]}
+
+
 def fit(design, config, family):
     """Block RAMs ``design`` needs on ``family`` against what the board's part has:
     ``(needed, available, [(memory, blocks)] largest first)`` (:func:`hw.memories.block_rams`,
@@ -393,7 +423,7 @@ def fit(design, config, family):
     return sum(b for _, b in need), BLOCK_RAMS[family]["available"], need
 
 
-def build(*, board, design=None, preset=None, out=None):
+def build(*, board, design=None, preset=None, out=None, synth_only=False):
     """Elaborate, synthesise, place, route and pack ``design`` for ``board``.
 
     Parameters
@@ -408,11 +438,16 @@ def build(*, board, design=None, preset=None, out=None):
         Configuration preset; ``None`` takes the board's default for the design.
     out : str or None
         Build directory relative to the current directory; ``build/<board>`` by default.
+    synth_only : bool
+        Stop after Yosys: no placement, routing or bitstream; the report
+        (``<out>/estimate.json``) has the cell counts and :mod:`boards.timing`'s estimate of
+        where the design misses its clock (minutes instead of half an hour on the ULX3S).
 
     Returns
     -------
     dict
-        The report also written to ``<out>/report.json``.
+        The report also written to ``<out>/report.json`` (``estimate.json`` with
+        ``synth_only``).
 
     Raises
     ------
@@ -481,8 +516,10 @@ def build(*, board, design=None, preset=None, out=None):
     if spec.dsps is not None and (script := lut_multipliers(config, spec.dsps)):
         opts["script_after_read"] = script
         _log("multipliers in logic: " + script)
+    # A build that misses its clock still writes its report (and says so, exit status 1).
     opts["nextpnr_opts"] = " ".join(filter(None, [opts.get("nextpnr_opts"),
-                                                  "--report top.report.json"]))
+                                                  "--report top.report.json",
+                                                  "--timing-allow-fail"]))
     opts["script_after_synth"] = "tee -q -o top.stat.json stat -json"
     # A stale report must not pass for this build's.
     for name in ("report.json", "top.report.json", "top.stat.json", "top.tim",
@@ -492,6 +529,18 @@ def build(*, board, design=None, preset=None, out=None):
     plan.extract(str(out))
     _log("elaborated in {:.1f} s; running the toolchain in {}"
          .format(time.monotonic() - t0, out))
+    clock_mhz = (spec.pll_hz or platform.default_clk_frequency) / 1e6
+    if synth_only:
+        (out / "synth_only.sh").write_text('"$YOSYS" -q -l top.rpt top.ys\n')
+        tool_seconds = _run_script(out, "synth_only.sh")
+        report = {"board": board, "design": design, "preset": preset, "synth_only": True,
+                  "clock_mhz": clock_mhz, "yosys_cells": _yosys_cells(out),
+                  "timing_estimate": _estimate(out, clock_mhz, spec.family),
+                  "build_seconds": round(time.monotonic() - t0, 1),
+                  "tool_seconds": round(tool_seconds, 1), **extra,
+                  "config": config.summary()}
+        (out / "estimate.json").write_text(json.dumps(report, indent=2) + "\n")
+        return report
     tool_seconds = _run_script(out, plan.script + ".sh")
 
     bitstream = out / spec.bitstream
@@ -506,6 +555,9 @@ def build(*, board, design=None, preset=None, out=None):
         **res,
         "utilization_percent": {k: round(100 * u["used"] / u["available"], 1)
                                 for k, u in used.items()},
+        "target_mhz": spec.target_mhz,
+        "target_met": None if spec.target_mhz is None else res["fmax_mhz"] >= spec.target_mhz,
+        "timing_estimate": _estimate(out, res["clock_mhz"], spec.family),
         "bitstream": str(bitstream), "bitstream_bytes": bitstream.stat().st_size,
         "build_seconds": round(time.monotonic() - t0, 1),
         "tool_seconds": round(tool_seconds, 1),
@@ -521,9 +573,11 @@ def _table(report):
     rows = [("board / design / preset", "{} / {} / {}".format(
                 report["board"], report["design"], report["preset"])),
             ("device", report["device"]),
-            ("Fmax", "{:.1f} MHz (clock {:g} MHz, timing {})".format(
+            ("Fmax", "{:.1f} MHz (clock {:g} MHz, timing {}; target {})".format(
                 report["fmax_mhz"], report["clock_mhz"],
-                "met" if report["timing_met"] else "FAILED")),
+                "met" if report["timing_met"] else "FAILED",
+                "none" if report.get("target_mhz") is None else "{:g} MHz {}".format(
+                    report["target_mhz"], "met" if report["target_met"] else "not met"))),
             ("logic cells", "{} / {}".format(report["luts"], report["luts_available"])),
             ("flip-flops", str(report["ffs"]))]
     for key in ("dsps", "brams"):
@@ -538,6 +592,17 @@ def _table(report):
     return "\n".join("  {:<{}}  {}".format(k, width, v) for k, v in rows)
 
 
+def _estimate_table(est):
+    if est is None:
+        return "  (no timing estimate for this family)"
+    lines = ["  estimate at {:g} MHz: {} of {} endpoints late, the worst {:.1f} ns".format(
+        est["clock_mhz"], est["late"], est["endpoints"], est["worst_ns"])]
+    for c in est["components"]:
+        lines.append("    {:<40} {:>6} late, worst {:.1f} ns".format(c["component"], c["late"],
+                                                                  c["worst_ns"]))
+    return "\n".join(lines)
+
+
 def main(argv=None):
     """Command line entry point; returns the process exit status."""
     parser = argparse.ArgumentParser(prog="python -m boards.build", description=__doc__
@@ -548,17 +613,31 @@ def main(argv=None):
     parser.add_argument("--preset", choices=sorted(PRESETS),
                         help="configuration preset (default: the board's own)")
     parser.add_argument("--out", help="build directory, relative (default: build/<board>)")
+    parser.add_argument("--synth-only", action="store_true",
+                        help="stop after Yosys and estimate where timing fails (boards.timing)")
     args = parser.parse_args(argv)
     try:
-        report = build(board=args.board, design=args.design, preset=args.preset, out=args.out)
+        report = build(board=args.board, design=args.design, preset=args.preset, out=args.out,
+                       synth_only=args.synth_only)
     except (BuildError, ValueError) as exc:
         print("boards.build: error: {}".format(exc), file=sys.stderr, flush=True)
         return 1
+    if args.synth_only:
+        print(_estimate_table(report["timing_estimate"]), flush=True)
+        return 0
     out = Path(report["bitstream"]).parent
     _log("bitstream {} ({} bytes), report {}".format(report["bitstream"],
                                                      report["bitstream_bytes"],
                                                      out / "report.json"))
     print(_table(report), flush=True)
+    if report.get("timing_estimate"):
+        print(_estimate_table(report["timing_estimate"]), flush=True)
+    if not report["timing_met"]:
+        print("boards.build: error: the design misses its {:g} MHz clock ({:.1f} MHz): the "
+              "bitstream would not run reliably".format(report["clock_mhz"],
+                                                        report["fmax_mhz"]),
+              file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

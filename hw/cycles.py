@@ -77,12 +77,12 @@ PIPE = 3
 #: a long one closes 10 cycles after it on the ``vidt`` array (8 rows: drain 8).
 CLOSE_GAP = 1
 #: Cycles from a token's last word at the delta encoder to its first beat at the array: encoder
-#: (2 to the bitmap word, 3 to the first values), decoder, pair-buffer write, feeder S0 .. S2.
-LINEAR_FILL = 7
+#: (3 to the bitmap word, 4 to the first values), decoder, pair-buffer write, feeder S0 .. S2.
+LINEAR_FILL = 8
 #: Cycles from the delta encoder taking a token's first word to the decoder writing its first
 #: pair into the pair buffer (of LINEAR_FILL). Calibrated: tokens of one bitmap word and one
 #: output chunk then follow each other as the RTL's do (tests/test_cycles.py).
-PAIR_WRITE = 2
+PAIR_WRITE = 3
 #: Output stage of the linear engine: O0 (reference read), O1 (y = y_ref + acc), O2
 #: (requantise) -> ``o``.
 LINEAR_OUT = 3

@@ -30,13 +30,13 @@ Throughput: one input word per cycle while the words have at most ``k`` sent val
 ``n > k`` sent values, plus one cycle at the end of a token whose last word leaves more than
 ``k`` values to send (carry included: its last two value beats cannot leave in one cycle).
 A full value beat leaves only once it is known not to be the token's last: more values follow
-in its word or in the next word (one word of look-ahead into stage 1), or the token ends; if
+in its word or in the next word (one word of look-ahead into stage 1b), or the token ends; if
 the input starves mid-token the beat waits in the carry. Pipeline: input and reference read;
-delta, threshold and reference write-back (``o_map`` FIFO, ``o_tok``); value packer
-(``o_val``). ``o_tok`` and ``o_val`` are valid/ready registers; ``o_map`` leaves a FIFO deep
+delta, threshold and reference write-back; the word's bitmap and values registered (``o_map``
+FIFO, ``o_tok``); value packer (``o_val``). ``o_tok`` and ``o_val`` are valid/ready registers; ``o_map`` leaves a FIFO deep
 enough for a whole token, so that values still waiting for later words of their token never
 deadlock a consumer that wants a word's values before it takes more words (the bitmap
-decoder holds two words). Latency is 2 cycles from an input beat to its ``o_map`` word and 3
+decoder holds two words). Latency is 3 cycles from an input beat to its ``o_map`` word and 4
 to its first value beat.
 
 ``clear_refs`` (a pulse) clears every ``has_ref`` bit in the cycle it is high, before any
@@ -240,7 +240,7 @@ class DeltaEncoder(wiring.Component):
         with m.If(bad):
             m.d.sync += self.error.eq(1)
 
-        # --- Stage 1: delta, threshold, reference write-back, bitmap word. ----------------
+        # --- Stage 1: delta, threshold, reference write-back. ------------------------------
         x, r = s1_x, rd.data
         send = Signal(e)
         vals = Signal(data.ArrayLayout(op, e))
@@ -256,6 +256,30 @@ class DeltaEncoder(wiring.Component):
                 new_r[j].eq(Mux(s1_dense | sent, x[j], r[j])),
             ]
 
+        # --- Stage 1b: the word's bitmap and values, registered. -------------------------
+        # Stage 1 writes the reference back and hands its word on whenever stage 1b is free;
+        # what follows (the bitmap FIFO, o_tok and the packer, whose look-ahead asks whether
+        # the next word sends anything) sees registers, not the block RAM's output: through
+        # the packer into stage 1's advance and the input's ready, that output was the
+        # ULX3S's slowest path (31.8 ns estimated by boards.timing, 26 MHz placed).
+        sb = Signal(data.StructLayout({
+            "valid": 1, "first": 1, "last": 1, "dense": 1,
+            "position": unsigned(cfg.position_bits), "send": e,
+            "vals": data.ArrayLayout(op, e)}), name="s1b")
+        sb_adv = Signal()
+        m.d.comb += [
+            s1_adv.eq(s1_valid & (~sb.valid | sb_adv)),
+            wr.en.eq(s1_adv),
+            wr.addr.eq(s1_addr),
+            wr.data.eq(new_r),
+        ]
+        with m.If(sb_adv):
+            m.d.sync += sb.valid.eq(0)
+        with m.If(s1_adv):
+            m.d.sync += [sb.valid.eq(1), sb.first.eq(s1_first), sb.last.eq(s1_last),
+                         sb.dense.eq(s1_dense), sb.position.eq(s1_pos), sb.send.eq(send),
+                         sb.vals.eq(vals)]
+
         s2_valid, s2_final, s2_done = Signal(), Signal(), Signal()
         s2_rem = Signal(e)                  # sent elements of the word not packed yet
         s2_vals = Signal(data.ArrayLayout(op, e))
@@ -268,31 +292,27 @@ class DeltaEncoder(wiring.Component):
         m.d.comb += [o_map.valid.eq(map_fifo.r_rdy), o_map.payload.eq(map_fifo.r_data),
                      map_fifo.r_en.eq(o_map.ready)]
         map_word = Signal.like(o_map.payload)
-        m.d.comb += [map_word.word.eq(send), map_word.last.eq(s1_last),
-                     map_fifo.w_data.eq(map_word), map_fifo.w_en.eq(s1_adv)]
+        m.d.comb += [map_word.word.eq(sb.send), map_word.last.eq(sb.last),
+                     map_fifo.w_data.eq(map_word), map_fifo.w_en.eq(sb_adv)]
         map_free = map_fifo.w_rdy
         tok_free = ~o_tok.valid | o_tok.ready
-        m.d.comb += [
-            s1_adv.eq(s1_valid & (~s2_valid | s2_done) & map_free & (~s1_first | tok_free)),
-            wr.en.eq(s1_adv),
-            wr.addr.eq(s1_addr),
-            wr.data.eq(new_r),
-        ]
+        m.d.comb += sb_adv.eq(sb.valid & (~s2_valid | s2_done) & map_free
+                              & (~sb.first | tok_free))
         with m.If(o_tok.valid & o_tok.ready):
             m.d.sync += o_tok.valid.eq(0)
         with m.If(s2_done):
             m.d.sync += s2_valid.eq(0)
-        with m.If(s1_adv):
-            m.d.sync += [s2_valid.eq(1), s2_rem.eq(send), s2_vals.eq(vals),
-                         s2_final.eq(s1_last)]
-            with m.If(s1_first):
-                m.d.sync += [o_tok.valid.eq(1), o_tok.payload.position.eq(s1_pos),
-                             o_tok.payload.dense.eq(s1_dense)]
+        with m.If(sb_adv):
+            m.d.sync += [s2_valid.eq(1), s2_rem.eq(sb.send), s2_vals.eq(sb.vals),
+                         s2_final.eq(sb.last)]
+            with m.If(sb.first):
+                m.d.sync += [o_tok.valid.eq(1), o_tok.payload.position.eq(sb.position),
+                             o_tok.payload.dense.eq(sb.dense)]
 
         # --- Stage 2: pack up to k values per cycle behind a carry of up to k. ------------
-        # Stage 1 holds the next word of the same token whenever this word is not the last.
+        # Stage 1b holds the next word of the same token whenever this word is not the last.
         self._pack(m, valid=s2_valid, final=s2_final, done=s2_done, rem=s2_rem, vals=s2_vals,
-                   ahead=s1_valid & (send != 0))
+                   ahead=sb.valid & (sb.send != 0))
         return m
 
     def _pack(self, m, *, valid, final, done, rem, vals, ahead):

@@ -253,21 +253,21 @@ def test_ecp5_pll_refuses_what_it_cannot_make():
 
 
 def test_the_ulx3s_link_runs_on_the_pll_clock(monkeypatch):
-    """The ULX3S's linked design runs from an EHXPLLL at the board's pll_hz (75 MHz from the
-    25 MHz oscillator: VCO 450 MHz), its reset held until LOCK, and the UART's bit time is
-    that clock over 3 Mbaud (25 cycles). Elaborated for the board, no tool run."""
+    """The ULX3S's linked design runs from an EHXPLLL at the board's pll_hz (30 MHz from the
+    25 MHz oscillator: 25 / 5 * 6, VCO 420 MHz), its reset held until LOCK, and the UART's bit
+    time is that clock over 3 Mbaud (10 cycles). Elaborated for the board, no tool run."""
     from boards.top import BoardLink, ECP5PLL
     spec = board_build.BOARDS["ulx3s"]
-    assert spec.pll_hz == 75e6 and spec.baud == 3_000_000
+    assert spec.pll_hz == 30e6 and spec.baud == 3_000_000 and spec.target_mhz == 75
     monkeypatch.setenv("OPENFPGALOADER", "true")
     platform = board_build._platform(spec)
     top = BoardLink("pe_array_link", preset("tiny"), clock_hz=spec.pll_hz, baud=spec.baud,
                     led=spec.leds["heartbeat"], clocks=ECP5PLL(output_hz=spec.pll_hz))
-    assert top.divisor == 25
+    assert top.divisor == 10
     il = platform.prepare(top, name="top").files["top.il"]
     assert il.count("cell \\EHXPLLL") == 1
     pll = il[il.index("cell \\EHXPLLL"):]
     pll = pll[:pll.index("\n  end")]
-    for name, value in (("CLKI_DIV", 1), ("CLKFB_DIV", 3), ("CLKOP_DIV", 6)):
+    for name, value in (("CLKI_DIV", 5), ("CLKFB_DIV", 6), ("CLKOP_DIV", 14)):
         assert re.search(r"parameter \\{} {}\b".format(name, value), pll), name
     assert "connect \\LOCK" in pll
