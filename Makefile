@@ -31,7 +31,7 @@ help:
 	@echo "make soak        randomised co-simulation campaigns (Verilator, random stalls and seeds): linear engine delta and dense, attention engine, run-through; 10^6 outputs checked bit-exactly -> build/soak/soak.{json,md} (not in CI)"
 	@echo "make demo        a clip in, a class out, over the UART host link: the simulated chip (Verilator, pyserial on a pseudo-terminal) or a board (PORT=/dev/ttyUSB0); MODEL=bench for the trained model -> build/demo/demo.json"
 	@echo "make vectors     export one clip's integer test vectors for co-simulation -> build/vectors/"
-	@echo "make bitstream   the accelerator behind its UART host link for a board (BOARD=ulx3s: the run-through; BOARD=icebreaker: the PE array; DESIGN=model_link: the whole model, which fits neither) -> build/<board>/report.json"
+	@echo "make bitstream   the accelerator behind its UART host link for a board (BOARD=ulx3s: the run-through; BOARD=icebreaker: the PE array; DESIGN=model_link: the whole model, which fits neither) -> build/<board>/report.json; SYNTH_ONLY=1 stops after Yosys with an estimate of where timing fails -> estimate.json"
 	@echo "make selftest    the PE-array self-test with vectors in ROM (BOARD=...) -> build/<board>_selftest/"
 	@echo "make synth       synth_ecp5 every generated top (tiny, vidt; PRESET=...) -> build/synth/report.{json,md} (slow: ~14 min, not in CI)"
 	@echo "make clean       remove build outputs (keeps .venv)"
@@ -88,7 +88,7 @@ vectors: $(STAMP)
 	$(PY) -m golden.export --clip 0 --block 0 --tau 2 --rho 0.5 --out build/vectors/test0_block0
 
 bitstream: $(STAMP)
-	$(PY) -m boards.build --board $(BOARD) $(if $(DESIGN),--design $(DESIGN),) $(if $(PRESET),--preset $(PRESET),)
+	$(PY) -m boards.build --board $(BOARD) $(if $(DESIGN),--design $(DESIGN),) $(if $(PRESET),--preset $(PRESET),) $(if $(SYNTH_ONLY),--synth-only,)
 
 selftest: $(STAMP)
 	$(PY) -m boards.build --board $(BOARD) --design selftest --out build/$(BOARD)_selftest $(if $(PRESET),--preset $(PRESET),)
