@@ -82,7 +82,7 @@ LINEAR_FILL = 8
 #: Cycles from the delta encoder taking a token's first word to the decoder writing its first
 #: pair into the pair buffer (of LINEAR_FILL). Calibrated: tokens of one bitmap word and one
 #: output chunk then follow each other as the RTL's do (tests/test_cycles.py).
-PAIR_WRITE = 3
+PAIR_WRITE = 1
 #: Output stage of the linear engine: O0 (reference read), O1 (y = y_ref + acc), O2
 #: (requantise) -> ``o``.
 LINEAR_OUT = 3
@@ -417,9 +417,11 @@ def linear_client(config, work, events, *, name="linear", token_ready=None):
                     return None
                 first, last = arrive if isinstance(arrive, tuple) else (arrive, None)
                 # The pair buffer's slot of token t is free once the feeder left t - 2; it
-                # gates the decoder's writes, PAIR_WRITE cycles after the encoder's input.
-                slot = feed_start[t - 1] - 2 - PAIR_WRITE if t >= 1 else 0
-                start = max(enc_end, first, slot)
+                # gates the writes of t's pairs, which wait in the pair slice meanwhile (the
+                # encoder runs ahead: the token infos' FIFO), PAIR_WRITE cycles before the
+                # feeder can start t (pairs written, the slot full, S0).
+                slot = feed_start[t - 1] - 2 + PAIR_WRITE if t >= 1 else 0
+                start = max(enc_end, first)
                 end = start + _encoder_cycles(config, words)
                 if last is not None:
                     # The last word, delayed as the first was, then its own cycles.
@@ -428,7 +430,7 @@ def linear_client(config, work, events, *, name="linear", token_ready=None):
                               + (1 if lw > k else 0))
                 events[(name, "take", t)] = start
                 state["enc_end"] = end
-                state["avail"] = end + LINEAR_FILL
+                state["avail"] = max(end + LINEAR_FILL, slot + end - start)
             return state["avail"]
 
         for c in range(chunks):

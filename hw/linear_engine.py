@@ -32,11 +32,17 @@ from golden import contract
 from hw import arith
 from hw.arith import bits_for, log2_exact
 from hw.bitmap_decoder import BitmapDecoder
-from hw.delta_encoder import DeltaEncoder, token_layout
+from hw.delta_encoder import DeltaEncoder, token_info_layout, token_layout
 from hw.engine import LAYER, Engine, EngineRegisters, Setting, layer_part
 from hw.memories import absent_ports
 from hw.packing import pack_layout
 from hw.pe_array import PEClientSignature, Route
+from hw.register_slice import RegisterSlice
+
+#: Token infos (position, dense) the encoder may hold ahead of the pair buffer's writer: a
+#: token of one word takes a cycle at the encoder and about eight to reach the pair buffer
+#: (packer, value slice, decoder, pair slice), so that many short tokens can be on the way.
+TOKENS_IN_FLIGHT = 8
 
 __all__ = ["REGISTERS", "LinearEngine", "weight_words", "channel_words", "engine_limits",
            "activation_layout", "linear_output_layout", "logit_layout", "weight_load_layout",
@@ -263,7 +269,21 @@ class LinearEngine(Engine):
         m.d.comb += [enc.i.valid.eq(self.i.valid & ctl.running), enc.i.payload.eq(self.i.payload),
                      self.i.ready.eq(enc.i.ready & ctl.running)]
         connect(m, enc.o_map, dec.i_map)
-        connect(m, enc.o_val, dec.i_val)
+        # Register slices on the value stream and the decoder's pairs: the encoder's packer,
+        # the decoder and the pair buffer's writer were one ready chain (boards.timing: 28 ns
+        # estimated on the ULX3S); each now ends at a register. The tokens' infos wait in a
+        # FIFO, so that the slices' latency does not hold the encoder to one token ahead of
+        # the pair buffer.
+        m.submodules.val_slice = vs = RegisterSlice(enc.o_val.payload.shape())
+        connect(m, enc.o_val, vs.i)
+        connect(m, vs.o, dec.i_val)
+        m.submodules.pair_slice = ps = RegisterSlice(dec.o.payload.shape())
+        connect(m, dec.o, ps.i)
+        m.submodules.tok_fifo = tf = fifo.SyncFIFOBuffered(
+            width=len(enc.o_tok.payload.as_value()), depth=TOKENS_IN_FLIGHT)
+        m.d.comb += [tf.w_data.eq(enc.o_tok.payload), tf.w_en.eq(enc.o_tok.valid),
+                     enc.o_tok.ready.eq(tf.w_rdy)]
+        ns.pairs, ns.tok = ps.o, tf
         self._loading(m, ns)
         self._pair_buffer(m, ns)
         self._feeder(m, ns)
@@ -356,7 +376,6 @@ class LinearEngine(Engine):
         cfg = self._config
         K = cfg.decode_width
         kb = log2_exact(K)
-        enc, dec = ns.enc, ns.dec
         slot_pairs = ns.max_d               # a token sends at most d_in pairs
         ns.pair_layout = data.StructLayout({"index": unsigned(cfg.index_bits),
                                             "value": arith.shape_of(cfg.operand_format)})
@@ -373,10 +392,12 @@ class LinearEngine(Engine):
         w_slot = Signal()                   # slot being written
         w_count = Signal(range(slot_pairs + K + 1))
         free = ~ns.full.bit_select(w_slot, 1)
-        take = dec.o.valid & free & enc.o_tok.valid
-        m.d.comb += [dec.o.ready.eq(free & enc.o_tok.valid),
-                     enc.o_tok.ready.eq(take & dec.o.payload.last)]
-        beat = dec.o.payload
+        pairs, tok = ns.pairs, ns.tok
+        info = Signal(token_info_layout(cfg))
+        m.d.comb += info.eq(tok.r_data)
+        take = pairs.valid & free & tok.r_rdy
+        m.d.comb += [pairs.ready.eq(free & tok.r_rdy), tok.r_en.eq(take & pairs.payload.last)]
+        beat = pairs.payload
         for q in range(K):
             wp = ns.banks[q].write_port()
             # Entry j of the beat is pair w_count + j: bank (w_count + j) % K, address
@@ -393,8 +414,8 @@ class LinearEngine(Engine):
                 for s in range(2):
                     with m.If(w_slot == s):
                         m.d.sync += [ns.slots[s].n.eq(w_count + beat.count),
-                                     ns.slots[s].pos.eq(enc.o_tok.payload.position),
-                                     ns.slots[s].dense.eq(enc.o_tok.payload.dense)]
+                                     ns.slots[s].pos.eq(info.position),
+                                     ns.slots[s].dense.eq(info.dense)]
             with m.Else():
                 m.d.sync += w_count.eq(w_count + beat.count)
 

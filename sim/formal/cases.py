@@ -77,6 +77,11 @@ def _arbiter():
     return PEArbiter(FORMAL_CONFIG, ports=2, in_flight=2)
 
 
+def _slice():
+    from hw.register_slice import RegisterSlice
+    return RegisterSlice(4)
+
+
 def _case(make, props, pins=None):
     return lambda: (make(), props, dict(pins or {}))
 
@@ -158,6 +163,16 @@ def _checks():
     add(Check("subvector_decoder", "error sticky",
               _case(_subvector, [P.sticky(lambda h: h.dut.error)]),
               "prove", 2, M.unstick("error", lambda d: ~d.i.valid), quick=True))
+
+    # --- Register slice. ----------------------------------------------------------------
+    add(Check("register_slice", "stream rules (o)", _case(_slice, [P.stream_rules("o")]),
+              "prove", 3, M.withdraw("o"), quick=True))
+    add(Check("register_slice", "conservation: beats in = beats out, at most 2 inside",
+              _case(_slice, [P.conservation(P.fires("i"), P.fires("o"), 2)]),
+              "bmc", 12, M.take_always("i")))
+    add(Check("register_slice", "response: a beat leaves in <= 2 cycles",
+              _case(_slice, [P.response(P.fires("i"), P.fires("o"), 2, ready=["o"])]),
+              "bmc", 12, M.unstick("o.valid")))
 
     # --- Delta encoder. -----------------------------------------------------------------
     W = -(-FORMAL_CONFIG.max_reduction // FORMAL_CONFIG.bitmap_word)
