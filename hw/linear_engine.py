@@ -2,8 +2,10 @@
 
 Data flow (one token-wise linear layer, ``d_in`` inputs, ``d_out`` outputs)::
 
-    tokens (int8, e per beat) -> DeltaEncoder -> Δ bitmap + packed values -> BitmapDecoder
-      -> pair buffer (one token, double buffered) -> feeder: for each output chunk, for each
+    tokens (int8, e per beat) -> DeltaEncoder -> Δ bitmap + packed values (through a register
+      slice) -> BitmapDecoder -> register slice -> pair buffer (one token, double buffered;
+      the token's position and mode from the encoder through a FIFO of TOKENS_IN_FLIGHT)
+      -> feeder: for each output chunk, for each
          (index i, value Δ_i): PE beat  y[chunk] += Δ_i * W[chunk, i]   (weight column fetch)
       -> PE array (raw accumulators, ``bypass``) -> output stage: y = y_ref (or bias) + acc,
          y_ref <- y, per-channel requantisation -> output rows (``lanes`` values per beat)
