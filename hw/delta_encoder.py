@@ -256,6 +256,19 @@ class DeltaEncoder(wiring.Component):
                 new_r[j].eq(Mux(s1_dense | sent, x[j], r[j])),
             ]
 
+        self._hand_on(m, s1_valid=s1_valid, s1_adv=s1_adv, first=s1_first, last=s1_last,
+                      dense=s1_dense, position=s1_pos, send=send, vals=vals)
+        m.d.comb += [wr.en.eq(s1_adv), wr.addr.eq(s1_addr), wr.data.eq(new_r)]
+        return m
+
+    def _hand_on(self, m, *, s1_valid, s1_adv, first, last, dense, position, send, vals):
+        """Stage 1b and the packer: stage 1's word (``send``, ``vals`` and its token's
+        ``first``, ``last``, ``dense``, ``position``) into registers, then into the bitmap
+        FIFO, ``o_tok`` and the value packer; drives ``s1_adv`` (stage 1 hands its word on)."""
+        cfg = self._config
+        e, W = cfg.bitmap_word, self._max_words
+        op = arith.shape_of(cfg.operand_format)
+        o_map, o_tok = self.o_map, self.o_tok
         # --- Stage 1b: the word's bitmap and values, registered. -------------------------
         # Stage 1 writes the reference back and hands its word on whenever stage 1b is free;
         # what follows (the bitmap FIFO, o_tok and the packer, whose look-ahead asks whether
@@ -267,17 +280,12 @@ class DeltaEncoder(wiring.Component):
             "position": unsigned(cfg.position_bits), "send": e,
             "vals": data.ArrayLayout(op, e)}), name="s1b")
         sb_adv = Signal()
-        m.d.comb += [
-            s1_adv.eq(s1_valid & (~sb.valid | sb_adv)),
-            wr.en.eq(s1_adv),
-            wr.addr.eq(s1_addr),
-            wr.data.eq(new_r),
-        ]
+        m.d.comb += s1_adv.eq(s1_valid & (~sb.valid | sb_adv))
         with m.If(sb_adv):
             m.d.sync += sb.valid.eq(0)
         with m.If(s1_adv):
-            m.d.sync += [sb.valid.eq(1), sb.first.eq(s1_first), sb.last.eq(s1_last),
-                         sb.dense.eq(s1_dense), sb.position.eq(s1_pos), sb.send.eq(send),
+            m.d.sync += [sb.valid.eq(1), sb.first.eq(first), sb.last.eq(last),
+                         sb.dense.eq(dense), sb.position.eq(position), sb.send.eq(send),
                          sb.vals.eq(vals)]
 
         s2_valid, s2_final, s2_done = Signal(), Signal(), Signal()
@@ -313,14 +321,13 @@ class DeltaEncoder(wiring.Component):
         # Stage 1b holds the next word of the same token whenever this word is not the last.
         self._pack(m, valid=s2_valid, final=s2_final, done=s2_done, rem=s2_rem, vals=s2_vals,
                    ahead=sb.valid & (sb.send != 0))
-        return m
 
     def _pack(self, m, *, valid, final, done, rem, vals, ahead):
         """Stage 2, the value packer: up to ``k`` values a cycle into ``o_val`` beats.
 
         A full beat can leave only once it is known whether it is the token's last: when
         more values follow in this word or (one word of look-ahead, ``ahead``) in the word
-        waiting in stage 1, or when the token ends. Otherwise it waits in the carry.
+        waiting in stage 1b, or when the token ends. Otherwise it waits in the carry.
         ``valid``, ``final`` (the token's last word), ``rem`` (its sent elements not packed
         yet) and ``vals`` are the stage's registers; ``done`` is driven here (the word is
         finished this cycle).
