@@ -151,7 +151,7 @@ class DeltaEncoder(wiring.Component):
         e, W = cfg.bitmap_word, self._max_words
         act = arith.shape_of(contract.ACT)
         op = arith.shape_of(cfg.operand_format)
-        i, o_map, o_tok = self.i, self.o_map, self.o_tok
+        i = self.i
         beat = i.payload
 
         # Reference vectors, one word of e elements per (position, word index). The read of a
