@@ -43,7 +43,7 @@ After the bitstream, ``<out>/report.json`` summarises the build:
     Every nextpnr resource count, the Yosys cell counts, wall time of the tool run.
 ``timing_estimate``
     ECP5: every endpoint's logic depth from the netlist (:mod:`boards.timing`): how many miss
-    the clock, and the components with the most late endpoints (nextpnr names one path;
+    the target (the clock without one), and the components with the most late endpoints (nextpnr names one path;
     this says where the rest are). ``--synth-only`` stops after Yosys with this alone
     (``estimate.json``).
 ``vectors`` (self-test) or ``link`` and ``block_rams_estimated`` (linked designs)
@@ -536,7 +536,7 @@ def build(*, board, design=None, preset=None, out=None, synth_only=False):
         tool_seconds = _run_script(out, "synth_only.sh")
         report = {"board": board, "design": design, "preset": preset, "synth_only": True,
                   "clock_mhz": clock_mhz, "yosys_cells": _yosys_cells(out),
-                  "timing_estimate": _estimate(out, clock_mhz, spec.family),
+                  "timing_estimate": _estimate(out, spec.target_mhz or clock_mhz, spec.family),
                   "build_seconds": round(time.monotonic() - t0, 1),
                   "tool_seconds": round(tool_seconds, 1), **extra,
                   "config": config.summary()}
@@ -558,7 +558,7 @@ def build(*, board, design=None, preset=None, out=None, synth_only=False):
                                 for k, u in used.items()},
         "target_mhz": spec.target_mhz,
         "target_met": None if spec.target_mhz is None else res["fmax_mhz"] >= spec.target_mhz,
-        "timing_estimate": _estimate(out, res["clock_mhz"], spec.family),
+        "timing_estimate": _estimate(out, spec.target_mhz or res["clock_mhz"], spec.family),
         "bitstream": str(bitstream), "bitstream_bytes": bitstream.stat().st_size,
         "build_seconds": round(time.monotonic() - t0, 1),
         "tool_seconds": round(tool_seconds, 1),
