@@ -398,20 +398,14 @@ def parse_reports(build_dir, family):
     }
 
 
-def _estimate(out, clock_mhz, family, rows=8):
-    """:mod:`boards.timing`'s estimate from the build's netlist (ECP5 only; None otherwise):
-    endpoints, how many miss ``clock_mhz``, the worst, and the ``rows`` components with the
-    most late endpoints."""
-    from boards.timing import arrivals, by_component
+def _estimate(out, mhz, family, rows=8):
+    """:func:`boards.timing.summary` of the build's netlist against ``mhz`` with its first
+    ``rows`` components (ECP5 only; None otherwise)."""
+    from boards.timing import summary
     netlist = out / "top.json"
     if family != "ecp5" or not netlist.exists():
         return None
-    endpoints = arrivals(json.loads(netlist.read_text()))
-    late = by_component(endpoints, 1e3 / clock_mhz)
-    return {"clock_mhz": clock_mhz, "endpoints": len(endpoints),
-            "late": sum(r[1] for r in late), "worst_ns": endpoints[0][0] if endpoints else 0,
-            "components": [dict(component=k, late=n, worst_ns=w, path=p)
-                           for k, n, w, p in late[:rows]]}
+    return summary(json.loads(netlist.read_text()), mhz, rows=rows)
 
 
 def fit(design, config, family):
@@ -480,6 +474,9 @@ def build(*, board, design=None, preset=None, out=None, synth_only=False):
         board, design, preset, config.rows, config.lanes, out))
     t0 = time.monotonic()
     platform = _platform(spec)
+    # The clock the design runs at: the PLL's for a linked design on a board that has one,
+    # the board's own otherwise (the self-test).
+    clock_hz = (spec.pll_hz if design != "selftest" else None) or platform.default_clk_frequency
     if design == "selftest":
         top = SelfTest(config, leds=spec.leds)
         _log("self-test vectors: {} input beats, {} expected rows (seed {})"
@@ -507,8 +504,8 @@ def build(*, board, design=None, preset=None, out=None, synth_only=False):
         if spec.pll_hz is not None:
             from boards.top import ECP5PLL
             clocks = ECP5PLL(output_hz=spec.pll_hz)
-        top = BoardLink(design, config, clock_hz=spec.pll_hz or platform.default_clk_frequency,
-                        baud=spec.baud, led=spec.leds.get("heartbeat"), clocks=clocks)
+        top = BoardLink(design, config, clock_hz=clock_hz, baud=spec.baud,
+                        led=spec.leds.get("heartbeat"), clocks=clocks)
         extra = {"link": {"baud": spec.baud, "divisor": top.divisor,
                           "inputs": len(top.link.ports.inputs),
                           "outputs": len(top.link.ports.outputs)},
@@ -523,14 +520,14 @@ def build(*, board, design=None, preset=None, out=None, synth_only=False):
                                                   "--timing-allow-fail"]))
     opts["script_after_synth"] = "tee -q -o top.stat.json stat -json"
     # A stale report must not pass for this build's.
-    for name in ("report.json", "top.report.json", "top.stat.json", "top.tim",
-                 spec.bitstream):
+    for name in ("report.json", "estimate.json", "top.report.json", "top.stat.json",
+                 "top.tim", spec.bitstream):
         (out / name).unlink(missing_ok=True)
     plan = platform.build(top, name="top", build_dir=str(out), do_build=False, **opts)
     plan.extract(str(out))
     _log("elaborated in {:.1f} s; running the toolchain in {}"
          .format(time.monotonic() - t0, out))
-    clock_mhz = (spec.pll_hz or platform.default_clk_frequency) / 1e6
+    clock_mhz = clock_hz / 1e6
     if synth_only:
         (out / "synth_only.sh").write_text('"$YOSYS" -q -l top.rpt top.ys\n')
         tool_seconds = _run_script(out, "synth_only.sh")
@@ -597,7 +594,7 @@ def _estimate_table(est):
     if est is None:
         return "  (no timing estimate for this family)"
     lines = ["  estimate at {:g} MHz: {} of {} endpoints late, the worst {:.1f} ns".format(
-        est["clock_mhz"], est["late"], est["endpoints"], est["worst_ns"])]
+        est["mhz"], est["late"], est["endpoints"], est["worst_ns"])]
     for c in est["components"]:
         lines.append("    {:<40} {:>6} late, worst {:.1f} ns".format(c["component"], c["late"],
                                                                   c["worst_ns"]))

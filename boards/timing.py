@@ -26,7 +26,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-__all__ = ["ECP5_DELAYS", "arrivals", "by_component", "main"]
+__all__ = ["ECP5_DELAYS", "arrivals", "by_component", "summary", "main"]
 
 #: Nanoseconds. ``route`` is one general net (a placed design's average hop, ECP5 -6: nextpnr
 #: puts 60-75 % of a congested path in routing); carry chains and the slice-internal mux inputs
@@ -180,6 +180,19 @@ def by_component(endpoints, period_ns, depth=3):
     return sorted(((k, n, w, p) for k, (n, w, p) in groups.items()), key=lambda r: (-r[1], -r[2]))
 
 
+def summary(netlist, mhz, *, depth=3, rows=None):
+    """The estimate of ``netlist`` (a parsed Yosys JSON netlist) against ``mhz``: ``{"mhz",
+    "endpoints", "late", "worst_ns", "components"}``, the components (:func:`by_component`,
+    the first ``rows`` of them, all by default) as ``{"component", "late", "worst_ns",
+    "path"}``."""
+    endpoints = arrivals(netlist)
+    late = by_component(endpoints, 1e3 / mhz, depth)
+    return {"mhz": mhz, "endpoints": len(endpoints), "late": sum(r[1] for r in late),
+            "worst_ns": endpoints[0][0] if endpoints else 0.0,
+            "components": [dict(component=k, late=n, worst_ns=w, path=p)
+                           for k, n, w, p in late[:rows]]}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("build", type=Path, help="a build directory (with top.json) or the file")
@@ -189,24 +202,19 @@ def main(argv=None):
     ap.add_argument("--json", type=Path, help="write the table here too")
     args = ap.parse_args(argv)
     path = args.build / "top.json" if args.build.is_dir() else args.build
-    endpoints = arrivals(json.loads(path.read_text()))
-    period = 1e3 / args.mhz
-    rows = by_component(endpoints, period, args.depth)
-    failing = sum(r[1] for r in rows)
+    est = summary(json.loads(path.read_text()), args.mhz, depth=args.depth)
     print("{}: {} endpoints, {} later than {:.2f} ns ({:g} MHz) by this estimate; the worst "
-          "{:.1f} ns ({:.1f} MHz)".format(path, len(endpoints), failing, period, args.mhz,
-                                          endpoints[0][0], 1e3 / endpoints[0][0]))
+          "{:.1f} ns ({:.1f} MHz)".format(path, est["endpoints"], est["late"], 1e3 / args.mhz,
+                                          args.mhz, est["worst_ns"], 1e3 / est["worst_ns"]))
     print("| component | endpoints late | worst ns | its path (launch ... capture) |")
     print("|---|--:|--:|---|")
-    for key, n, worst, p in rows[:args.top]:
+    for c in est["components"][:args.top]:
+        p = c["path"]
         shown = p if len(p) <= 6 else p[:3] + ["..."] + p[-3:]
-        print("| `{}` | {} | {:.1f} | {} |".format(key, n, worst, " → ".join(shown)))
+        print("| `{}` | {} | {:.1f} | {} |".format(c["component"], c["late"], c["worst_ns"],
+                                                   " → ".join(shown)))
     if args.json:
-        args.json.write_text(json.dumps(
-            {"mhz": args.mhz, "endpoints": len(endpoints), "late": failing,
-             "worst_ns": endpoints[0][0],
-             "components": [dict(component=k, late=n, worst_ns=w, path=p)
-                            for k, n, w, p in rows]}, indent=1) + "\n")
+        args.json.write_text(json.dumps(est, indent=1) + "\n")
     return 0
 
 

@@ -62,8 +62,9 @@ def ecp5_pll_dividers(input_hz, output_hz):
 class ECP5PLL(Elaboratable):
     """Drives the ``sync`` clock domain (defined by the parent) at ``output_hz`` from the
     platform's default clock through an ``EHXPLLL``; ``sync``'s reset is held until the PLL
-    has locked (and for two cycles after, so that it is released synchronously). nextpnr derives the domain's clock constraint,
-    ``output_hz``, from the board clock's and places and routes for it."""
+    has locked (and for two cycles after, so that it is released synchronously). nextpnr
+    derives the domain's clock constraint, ``output_hz``, from the board clock's and places and
+    routes for it."""
 
     def __init__(self, *, output_hz):
         self.output_hz = output_hz
@@ -85,17 +86,18 @@ class ECP5PLL(Elaboratable):
             p_OUTDIVIDER_MUXC="DIVC", p_OUTDIVIDER_MUXD="DIVD", p_CLKI_DIV=clki,
             p_CLKOP_ENABLE="ENABLED", p_CLKOP_DIV=clkop, p_CLKOP_CPHASE=clkop // 2 - 1,
             p_CLKOP_FPHASE=0, p_FEEDBK_PATH="CLKOP", p_CLKFB_DIV=clkfb,
-            i_RST=0, i_STDBY=0, i_CLKI=clk_buf.i, o_CLKOP=clk_out, i_CLKFB=clk_out, i_PHASESEL0=0, i_PHASESEL1=0, i_PHASEDIR=1,
-            i_PHASESTEP=1, i_PHASELOADREG=1, i_PLLWAKESYNC=0, i_ENCLKOP=0, o_LOCK=locked)
+            i_RST=0, i_STDBY=0, i_CLKI=clk_buf.i, o_CLKOP=clk_out, i_CLKFB=clk_out,
+            i_PHASESEL0=0, i_PHASESEL1=0, i_PHASEDIR=1, i_PHASESTEP=1, i_PHASELOADREG=1,
+            i_PLLWAKESYNC=0, i_ENCLKOP=0, o_LOCK=locked)
         # LOCK is asynchronous to the PLL's output: two flip-flops before it releases reset.
         sync_lock = Signal(2)
         m.domains.pll_lock = ClockDomain("pll_lock", reset_less=True)
         m.d.comb += [ClockSignal("sync").eq(clk_out), ClockSignal("pll_lock").eq(clk_out),
                      ResetSignal("sync").eq(~sync_lock[1])]
         m.d.pll_lock += sync_lock.eq(Cat(locked, sync_lock[0]))
-        # No constraint of its own: nextpnr derives the output's (75 MHz) from the board
-        # clock's through the PLL's dividers ("Derived frequency constraint of 75.0 MHz"), and
-        # a net named here may not survive synthesis.
+        # No constraint of its own: nextpnr derives the output's from the board clock's through
+        # the PLL's dividers (its log: "Derived frequency constraint of 30.0 MHz for net clk"),
+        # and a net named here may not survive synthesis.
         return m
 
 

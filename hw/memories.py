@@ -119,9 +119,9 @@ def main(argv=None):
     total = sum(r[3] for r in rows.values())
     spec = BLOCK_RAMS[args.family]
     used = sum(blocks.values())
-    print("{} on preset {} (max_layers {}): {} memories, {:.2f} Mbit; {} {} of {} ({:.0%})".format(
-        args.design, args.preset, config.max_layers, len(inv), total / 1e6, used, spec["cell"], spec["available"],
-        used / spec["available"]))
+    print("{} on preset {} (max_layers {}): {} memories, {:.2f} Mbit; {} {} of {} ({:.0%})"
+          .format(args.design, args.preset, config.max_layers, len(inv), total / 1e6, used,
+                  spec["cell"], spec["available"], used / spec["available"]))
     print("| memory | count | width | depth | kbit | share | {} |".format(spec["cell"]))
     print("|---|---:|---:|---:|---:|---:|---:|")
     for key, (n, w, d, bits, b) in sorted(rows.items(), key=lambda kv: -kv[1][3])[:args.top]:

@@ -215,8 +215,9 @@ class ModelJob:
     def plans(self, *, timeout=None):
         """One :class:`sim.driver.Plan` per block pass (see :mod:`hw.model`); the first loads
         every constant of the model first (streamed, :attr:`BlocksJob.streamed`: the
-        embedding's, the head's and block 0's; each later pass its own block's). Between passes the tokens stay in the token buffer;
-        the host loads a keep list after an STA stage block."""
+        embedding's, the head's and block 0's; each later pass its own block's). Between
+        passes the tokens stay in the token buffer; the host loads a keep list after an STA
+        stage block."""
         from sim.driver import Plan
         jobs = self.blocks.blocks
         # The head runs in the last block's pass, or, when STA prunes after the last block,

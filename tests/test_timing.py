@@ -65,3 +65,24 @@ def test_components_rank_by_late_endpoints():
     rows = by_component(endpoints, 13.33)
     assert rows == [("a.b.c", 2, 20.0, ["p"]), ("a.b.d", 1, 14.0, ["r"])]
     assert by_component(endpoints, 25.0) == []
+
+
+def test_summary_counts_every_late_endpoint_and_the_build_prints_it():
+    from boards.build import _estimate_table
+    from boards.timing import summary
+    cells = {
+        "blk.a_TRELLIS_FF_Q": _ff(2, 10),
+        "lut1": _cell("LUT4", {"A": [10], "B": ["0"], "C": ["0"], "D": ["0"]}, {"Z": [11]}),
+        "blk.b_TRELLIS_FF_Q": _ff(11, 13),
+    }
+    b = D["clk_to_q"] + D["route"] + D["LUT4"] + D["route"] + D["setup"]
+    # Between a's arrival (a net and setup) and b's: b alone is late.
+    est = summary(_netlist(cells), 1e3 / (b - 0.05), depth=1)
+    assert (est["endpoints"], est["late"]) == (2, 1)
+    assert est["worst_ns"] == pytest.approx(b, abs=0.01)
+    assert est["components"] == [dict(component="blk", late=1, worst_ns=pytest.approx(b, abs=0.01),
+                                      path=["blk.a", "lut1"])]
+    assert summary(_netlist(cells), 1e3 / (b + 0.05))["late"] == 0
+    text = _estimate_table(est)
+    assert "1 of 2 endpoints late" in text and "blk" in text
+    assert "no timing estimate" in _estimate_table(None)
