@@ -33,10 +33,10 @@ A full value beat leaves only once it is known not to be the token's last: more 
 in its word or in the next word (one word of look-ahead into stage 1b), or the token ends; if
 the input starves mid-token the beat waits in the carry. Pipeline: input and reference read;
 delta, threshold and reference write-back; the word's bitmap and values registered (``o_map``
-FIFO, ``o_tok``); value packer (``o_val``). ``o_tok`` and ``o_val`` are valid/ready registers; ``o_map`` leaves a FIFO deep
-enough for a whole token, so that values still waiting for later words of their token never
-deadlock a consumer that wants a word's values before it takes more words (the bitmap
-decoder holds two words). Latency is 3 cycles from an input beat to its ``o_map`` word and 4
+FIFO, ``o_tok``); value packer (``o_val``). ``o_tok`` and ``o_val`` are valid/ready
+registers; ``o_map`` leaves a FIFO deep enough for a whole token, so that values still
+waiting for later words of their token never deadlock a consumer that wants a word's
+values before it takes more words (the bitmap decoder holds two words). Latency is 3 cycles from an input beat to its ``o_map`` word and 4
 to its first value beat.
 
 ``clear_refs`` (a pulse) clears every ``has_ref`` bit in the cycle it is high, before any
