@@ -36,8 +36,8 @@ delta, threshold and reference write-back; the word's bitmap and values register
 FIFO, ``o_tok``); value packer (``o_val``). ``o_tok`` and ``o_val`` are valid/ready
 registers; ``o_map`` leaves a FIFO deep enough for a whole token, so that values still
 waiting for later words of their token never deadlock a consumer that wants a word's
-values before it takes more words (the bitmap decoder holds two words). Latency is 3 cycles from an input beat to its ``o_map`` word and 4
-to its first value beat.
+values before it takes more words (the bitmap decoder holds two words). Latency is 3 cycles
+from an input beat to its ``o_map`` word and 4 to its first value beat.
 
 ``clear_refs`` (a pulse) clears every ``has_ref`` bit in the cycle it is high, before any
 beat taken in that cycle: no input gating. A token whose first beat is taken in or after that
