@@ -68,6 +68,7 @@ from hw import arith, bitpick
 from hw.bitmap_decoder import bitmap_map_layout, bitmap_value_layout
 from hw.config import RTSAConfig
 from hw.memories import absent_ports
+from hw.register_slice import RegisterSlice
 
 __all__ = ["token_layout", "token_info_layout", "DeltaEncoder"]
 
@@ -269,27 +270,28 @@ class DeltaEncoder(wiring.Component):
         e, W = cfg.bitmap_word, self._max_words
         op = arith.shape_of(cfg.operand_format)
         o_map, o_tok = self.o_map, self.o_tok
-        # --- Stage 1b: the word's bitmap and values, registered. -------------------------
-        # Stage 1 writes the reference back and hands its word on whenever stage 1b is free;
-        # what follows (the bitmap FIFO, o_tok and the packer, whose look-ahead asks whether
-        # the next word sends anything) sees registers, not the block RAM's output: through
-        # the packer into stage 1's advance and the input's ready, that output was the
-        # ULX3S's slowest path (31.8 ns estimated by boards.timing, 26 MHz placed).
-        sb = Signal(data.StructLayout({
-            "valid": 1, "first": 1, "last": 1, "dense": 1,
-            "position": unsigned(cfg.position_bits), "send": e,
-            "vals": data.ArrayLayout(op, e)}), name="s1b")
+        # --- Stage 1b: the word's bitmap and values, in a register slice. ----------------
+        # Stage 1 writes the reference back and hands its word on whenever the slice has
+        # room; what follows (the bitmap FIFO, o_tok and the packer, whose look-ahead asks
+        # whether the next word sends anything) sees registers, not the block RAM's output:
+        # through the packer into stage 1's advance and the input's ready, that output was
+        # the ULX3S's slowest path (31.8 ns estimated by boards.timing, 26 MHz placed). The
+        # slice's ready is a register too, so the packer's decision no longer reaches stage 1,
+        # the input's ready and whatever feeds the input (the link executor: 27.6 ns
+        # estimated with a plain register here, 35.6 MHz placed).
+        m.submodules.s1b = s1b = RegisterSlice(data.StructLayout({
+            "first": 1, "last": 1, "dense": 1, "position": unsigned(cfg.position_bits),
+            "send": e, "vals": data.ArrayLayout(op, e)}))
+        m.d.comb += [s1b.i.valid.eq(s1_valid), s1_adv.eq(s1_valid & s1b.i.ready),
+                     s1b.i.payload.first.eq(first), s1b.i.payload.last.eq(last),
+                     s1b.i.payload.dense.eq(dense), s1b.i.payload.position.eq(position),
+                     s1b.i.payload.send.eq(send), s1b.i.payload.vals.eq(vals)]
+        sb = s1b.o.payload
         sb_adv = Signal()
-        m.d.comb += s1_adv.eq(s1_valid & (~sb.valid | sb_adv))
-        with m.If(sb_adv):
-            m.d.sync += sb.valid.eq(0)
-        with m.If(s1_adv):
-            m.d.sync += [sb.valid.eq(1), sb.first.eq(first), sb.last.eq(last),
-                         sb.dense.eq(dense), sb.position.eq(position), sb.send.eq(send),
-                         sb.vals.eq(vals)]
 
         s2_valid, s2_final, s2_done = Signal(), Signal(), Signal()
         s2_rem = Signal(e)                  # sent elements of the word not packed yet
+        s2_cnt = Signal(range(e + 1))       # how many: popcount(s2_rem), kept in a register
         s2_vals = Signal(data.ArrayLayout(op, e))
         # Bitmap words leave through a FIFO that holds a whole token. A token's values may
         # wait in the packer's carry for its later words, while a consumer (the bitmap
@@ -304,33 +306,38 @@ class DeltaEncoder(wiring.Component):
                      map_fifo.w_data.eq(map_word), map_fifo.w_en.eq(sb_adv)]
         map_free = map_fifo.w_rdy
         tok_free = ~o_tok.valid | o_tok.ready
-        m.d.comb += sb_adv.eq(sb.valid & (~s2_valid | s2_done) & map_free
-                              & (~sb.first | tok_free))
+        m.d.comb += [sb_adv.eq(s1b.o.valid & (~s2_valid | s2_done) & map_free
+                               & (~sb.first | tok_free)),
+                     s1b.o.ready.eq(sb_adv)]
         with m.If(o_tok.valid & o_tok.ready):
             m.d.sync += o_tok.valid.eq(0)
         with m.If(s2_done):
             m.d.sync += s2_valid.eq(0)
         with m.If(sb_adv):
-            m.d.sync += [s2_valid.eq(1), s2_rem.eq(sb.send), s2_vals.eq(sb.vals),
+            m.d.sync += [s2_valid.eq(1), s2_rem.eq(sb.send),
+                         s2_cnt.eq(arith.popcount(sb.send)), s2_vals.eq(sb.vals),
                          s2_final.eq(sb.last)]
             with m.If(sb.first):
                 m.d.sync += [o_tok.valid.eq(1), o_tok.payload.position.eq(sb.position),
                              o_tok.payload.dense.eq(sb.dense)]
 
         # --- Stage 2: pack up to k values per cycle behind a carry of up to k. ------------
-        # Stage 1b holds the next word of the same token whenever this word is not the last.
-        self._pack(m, valid=s2_valid, final=s2_final, done=s2_done, rem=s2_rem, vals=s2_vals,
-                   ahead=sb.valid & (sb.send != 0))
+        # The slice's output holds the next word of the same token whenever this word is not
+        # the last and stage 1 kept up.
+        self._pack(m, valid=s2_valid, final=s2_final, done=s2_done, rem=s2_rem, cnt=s2_cnt,
+                   vals=s2_vals, ahead=s1b.o.valid & (sb.send != 0))
 
-    def _pack(self, m, *, valid, final, done, rem, vals, ahead):
+    def _pack(self, m, *, valid, final, done, rem, cnt, vals, ahead):
         """Stage 2, the value packer: up to ``k`` values a cycle into ``o_val`` beats.
 
         A full beat can leave only once it is known whether it is the token's last: when
         more values follow in this word or (one word of look-ahead, ``ahead``) in the word
         waiting in stage 1b, or when the token ends. Otherwise it waits in the carry.
         ``valid``, ``final`` (the token's last word), ``rem`` (its sent elements not packed
-        yet) and ``vals`` are the stage's registers; ``done`` is driven here (the word is
-        finished this cycle).
+        yet), ``cnt`` (their number) and ``vals`` are the stage's registers; ``done`` is
+        driven here (the word is finished this cycle). The packer's decisions read ``cnt``,
+        not the picks: those are ``k`` lowest-bit clears in series, and through ``done`` they
+        were the encoder's slowest path.
         """
         k, e = self._config.decode_width, self._config.bitmap_word
         op = arith.shape_of(self._config.operand_format)
@@ -344,7 +351,8 @@ class DeltaEncoder(wiring.Component):
         rem_after = Signal(e)
         n = Signal(range(k + 1))
         total = Signal(range(2 * k + 1))
-        m.d.comb += [rem_after.eq(rest), n.eq(sum(present)), total.eq(ccnt + n)]
+        last_pick = cnt <= k                # rem_after == 0
+        m.d.comb += [rem_after.eq(rest), n.eq(Mux(last_pick, cnt, k)), total.eq(ccnt + n)]
         # Carried values first, then this cycle's picks; slots past total are zero.
         slots = [Signal(op, name=f"slot_{j}") for j in range(2 * k)]
         with m.Switch(ccnt):
@@ -354,17 +362,17 @@ class DeltaEncoder(wiring.Component):
                         src = carry[j] if j < c else picked[j - c] if j - c < k else 0
                         m.d.comb += slot.eq(src)
 
-        tok_end = final & (rem_after == 0)
-        full = (total > k) | ((total == k) & ((rem_after != 0) | tok_end | ahead))
+        tok_end = final & last_pick
+        full = (total > k) | ((total == k) & (~last_pick | tok_end | ahead))
         # A token end with more than k values left needs one more cycle for its last beat.
         spill = tok_end & (total > k)
         emit = valid & (full | (tok_end & (total != 0)))
         go = valid & (~emit | ~o_val.valid | o_val.ready)
-        m.d.comb += done.eq(go & (rem_after == 0) & ~spill)
+        m.d.comb += done.eq(go & last_pick & ~spill)
         with m.If(o_val.valid & o_val.ready):
             m.d.sync += o_val.valid.eq(0)
         with m.If(go & ~done):     # a done word makes room for stage 1's next one
-            m.d.sync += rem.eq(rem_after)
+            m.d.sync += [rem.eq(rem_after), cnt.eq(cnt - n)]
         with m.If(go):
             with m.If(full):
                 m.d.sync += ccnt.eq(total - k)

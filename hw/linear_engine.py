@@ -511,7 +511,7 @@ class LinearEngine(Engine):
 
     def _output_stage(self, m, ns):
         """O0 accept a result row, read y_ref and the channel constants -> O1 y = y_ref (or
-        bias) + acc, write y_ref back, multiply -> O2 requantise -> ``o``."""
+        bias) + acc, write y_ref back -> O1b multiply -> O2 requantise -> ``o``."""
         cfg = self._config
         R, V = cfg.rows, cfg.lanes
         acc_fmt = cfg.acc_format
@@ -545,20 +545,35 @@ class LinearEngine(Engine):
         m.d.comb += y_ovf.eq(Cat(*[~arith.fits(y, acc_fmt) for y in ys]).any() | o1.ovf)
         m.d.comb += [y_wp.addr.eq(o1.addr), y_wp.en.eq(o_adv & o1.valid & o1.keep)]
         m.d.comb += [y_wp.data[l].eq(ys[l][:acc_fmt.bits].as_signed()) for l in range(V)]
+        # O1 -> O1b: y and the channel's constants registered before the multiply. Block RAM
+        # output, the add and the multiplier in one cycle were 19.6 ns by boards.timing (the
+        # ULX3S run-through's slowest path after the delta encoder and bitmap decoder).
+        mult_shape = arith.shape_of(contract.REQ_MULT)
+        o1b = Signal(data.StructLayout({
+            "valid": 1, "last": 1, "y": data.ArrayLayout(acc_shape, V),
+            "mult": data.ArrayLayout(mult_shape, 0 if self._logits else V),
+            "shift": data.ArrayLayout(arith.shape_of(contract.REQ_SHIFT),
+                                      0 if self._logits else V)}))
+        with m.If(o_adv):
+            m.d.sync += [o1b.valid.eq(o1.valid & o1.keep), o1b.last.eq(o1.last)]
+            for l in range(V):
+                m.d.sync += o1b.y[l].eq(ys[l][:acc_fmt.bits].as_signed())
+                if not self._logits:
+                    m.d.sync += [o1b.mult[l].eq(c_rp.data.mult[l]),
+                                 o1b.shift[l].eq(c_rp.data.shift[l])]
         prod_shape = arith.shape_of(contract.product_format(acc_fmt, contract.REQ_MULT))
         o2 = Signal(data.StructLayout({
             "valid": 1, "last": 1, "prod": data.ArrayLayout(prod_shape, V),
             "shift": data.ArrayLayout(arith.shape_of(contract.REQ_SHIFT), V),
             "y": data.ArrayLayout(acc_shape, V if self._logits else 0)}))
         with m.If(o_adv):
-            m.d.sync += [o2.valid.eq(o1.valid & o1.keep), o2.last.eq(o1.last)]
+            m.d.sync += [o2.valid.eq(o1b.valid), o2.last.eq(o1b.last)]
             for l in range(V):
-                y = ys[l][:acc_fmt.bits].as_signed()
                 if self._logits:
-                    m.d.sync += o2.y[l].eq(y)
+                    m.d.sync += o2.y[l].eq(o1b.y[l])
                 else:
-                    m.d.sync += [o2.prod[l].eq(y * c_rp.data.mult[l]),
-                                 o2.shift[l].eq(c_rp.data.shift[l])]
+                    m.d.sync += [o2.prod[l].eq(o1b.y[l] * o1b.mult[l]),
+                                 o2.shift[l].eq(o1b.shift[l])]
         m.d.comb += ctl.raise_error.overflow.eq(o_adv & o1.valid & o1.keep & y_ovf & ctl.running)
         o_fire = self.o.valid & self.o.ready
         m.d.comb += ctl.count.tokens_out.eq(o_fire & self.o.payload.last)
