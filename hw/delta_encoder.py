@@ -290,9 +290,8 @@ class DeltaEncoder(wiring.Component):
         sb_adv = Signal()
 
         s2_valid, s2_final, s2_done = Signal(), Signal(), Signal()
-        s2_rem = Signal(e)                  # sent elements of the word not packed yet
-        s2_cnt = Signal(range(e + 1))       # how many: popcount(s2_rem), kept in a register
-        s2_vals = Signal(data.ArrayLayout(op, e))
+        s2_cnt = Signal(range(e + 1))       # the word's sent values not packed yet
+        s2_vals = Signal(data.ArrayLayout(op, e))   # they, lowest first (compacted), zeros after
         # Bitmap words leave through a FIFO that holds a whole token. A token's values may
         # wait in the packer's carry for its later words, while a consumer (the bitmap
         # decoder) may refuse more words until it has the values of the ones it holds: with
@@ -314,9 +313,10 @@ class DeltaEncoder(wiring.Component):
         with m.If(s2_done):
             m.d.sync += s2_valid.eq(0)
         with m.If(sb_adv):
-            m.d.sync += [s2_valid.eq(1), s2_rem.eq(sb.send),
-                         s2_cnt.eq(arith.popcount(sb.send)), s2_vals.eq(sb.vals),
+            m.d.sync += [s2_valid.eq(1), s2_cnt.eq(arith.popcount(sb.send)),
                          s2_final.eq(sb.last)]
+            m.d.sync += [s2_vals[j].eq(v) for j, v in enumerate(
+                bitpick.compact(m, sb.send, [sb.vals[j] for j in range(e)], name="sent"))]
             with m.If(sb.first):
                 m.d.sync += [o_tok.valid.eq(1), o_tok.payload.position.eq(sb.position),
                              o_tok.payload.dense.eq(sb.dense)]
@@ -324,35 +324,32 @@ class DeltaEncoder(wiring.Component):
         # --- Stage 2: pack up to k values per cycle behind a carry of up to k. ------------
         # The slice's output holds the next word of the same token whenever this word is not
         # the last and stage 1 kept up.
-        self._pack(m, valid=s2_valid, final=s2_final, done=s2_done, rem=s2_rem, cnt=s2_cnt,
-                   vals=s2_vals, ahead=s1b.o.valid & (sb.send != 0))
+        self._pack(m, valid=s2_valid, final=s2_final, done=s2_done, cnt=s2_cnt, vals=s2_vals,
+                   ahead=s1b.o.valid & (sb.send != 0))
 
-    def _pack(self, m, *, valid, final, done, rem, cnt, vals, ahead):
+    def _pack(self, m, *, valid, final, done, cnt, vals, ahead):
         """Stage 2, the value packer: up to ``k`` values a cycle into ``o_val`` beats.
 
         A full beat can leave only once it is known whether it is the token's last: when
         more values follow in this word or (one word of look-ahead, ``ahead``) in the word
         waiting in stage 1b, or when the token ends. Otherwise it waits in the carry.
-        ``valid``, ``final`` (the token's last word), ``rem`` (its sent elements not packed
-        yet), ``cnt`` (their number) and ``vals`` are the stage's registers; ``done`` is
-        driven here (the word is finished this cycle). The packer's decisions read ``cnt``,
-        not the picks: those are ``k`` lowest-bit clears in series, and through ``done`` they
-        were the encoder's slowest path.
+        ``valid``, ``final`` (the token's last word), ``cnt`` (its sent values not packed yet)
+        and ``vals`` (they, compacted: the next ``k`` are ``vals[0 .. k - 1]``, zeros after
+        ``cnt``) are the stage's registers; ``done`` is driven here (the word is finished this
+        cycle). Each cycle takes ``vals[0 .. k - 1]`` and shifts the rest down by ``k``: the
+        packer picked them with :func:`hw.bitpick.pick_lowest` before, whose ``k`` clears in
+        series were the encoder's slowest path.
         """
         k, e = self._config.decode_width, self._config.bitmap_word
         op = arith.shape_of(self._config.operand_format)
         o_val = self.o_val
         carry = Signal(data.ArrayLayout(op, k))
         ccnt = Signal(range(k + 1))
-        pick_pos, present, rest = bitpick.pick_lowest(m, rem, k, name="pick_pos")
-        picked = [Signal(op, name=f"pick_{j}") for j in range(k)]
-        for v, p, there in zip(picked, pick_pos, present):
-            m.d.comb += v.eq(Mux(there, vals[p], 0))    # zero: the padding of a beat
-        rem_after = Signal(e)
+        picked = [vals[j] for j in range(k)]    # zero past cnt: the padding of a beat
         n = Signal(range(k + 1))
         total = Signal(range(2 * k + 1))
-        last_pick = cnt <= k                # rem_after == 0
-        m.d.comb += [rem_after.eq(rest), n.eq(Mux(last_pick, cnt, k)), total.eq(ccnt + n)]
+        last_pick = cnt <= k                # this cycle takes the word's last values
+        m.d.comb += [n.eq(Mux(last_pick, cnt, k)), total.eq(ccnt + n)]
         # Carried values first, then this cycle's picks; slots past total are zero.
         slots = [Signal(op, name=f"slot_{j}") for j in range(2 * k)]
         with m.Switch(ccnt):
@@ -372,7 +369,8 @@ class DeltaEncoder(wiring.Component):
         with m.If(o_val.valid & o_val.ready):
             m.d.sync += o_val.valid.eq(0)
         with m.If(go & ~done):     # a done word makes room for stage 1's next one
-            m.d.sync += [rem.eq(rem_after), cnt.eq(cnt - n)]
+            m.d.sync += [vals[j].eq(vals[j + k] if j + k < e else 0) for j in range(e)]
+            m.d.sync += cnt.eq(cnt - n)
         with m.If(go):
             with m.If(full):
                 m.d.sync += ccnt.eq(total - k)

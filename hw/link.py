@@ -446,8 +446,9 @@ class CommandExecutor(wiring.Component):
         with m.State("S_port"):
             # count: the payload bytes a whole number of beats after the port byte would take;
             # its compares with the length are registered (fit, over) like at_end.
+            # wait restarts: a RECV that timed out leaves it at the timeout.
             m.d.sync += [s.port.eq(s.word[:8]), s.count.eq(1), s.fit.eq(f.length == 1),
-                         s.over.eq(0)]
+                         s.over.eq(0), s.wait.eq(0)]
             with m.If(s.word[:8] >= len(ports)):
                 m.d.sync += s.status.eq(Status.PORT)
                 m.next = "Respond"
@@ -465,15 +466,23 @@ class CommandExecutor(wiring.Component):
                 m.d.sync += [s.count.eq(nxt), s.fit.eq(nxt == f.length),
                              s.over.eq(nxt > f.length)]
         with m.State("S_offer"):
-            m.d.comb += s.offer.eq(1)
-            with m.If(s.taken):
-                m.d.sync += [s.beats.eq(s.beats + 1), s.wait.eq(0)]
-                s.then(m, "Fetch", s.in_size, "S_offer", when=~s.at_end, otherwise="S_done")
-            with m.Elif(s.wait == self._timeout):
+            # Only the state register sees the top's ready (taken): the beat is counted and
+            # the next one fetched a cycle later, in S_took. Through the executor's counters
+            # and subroutine registers, the top's input logic (the attention engine's
+            # sub-vector decoder, the delta encoder's packer) was the ULX3S run-through's
+            # slowest path (26.7 ns by boards.timing). No beat is offered in the cycle that
+            # times out, so a beat is never both taken and STALLED.
+            expired = s.wait == self._timeout
+            m.d.comb += s.offer.eq(~expired)
+            m.d.sync += s.wait.eq(s.wait + 1)
+            with m.If(expired):
                 m.d.sync += [s.status.eq(Status.STALLED), s.wait.eq(0)]
                 m.next = "S_done"
-            with m.Else():
-                m.d.sync += s.wait.eq(s.wait + 1)
+            with m.Elif(s.taken):
+                m.next = "S_took"
+        with m.State("S_took"):
+            m.d.sync += [s.beats.eq(s.beats + 1), s.wait.eq(0)]
+            s.then(m, "Fetch", s.in_size, "S_offer", when=~s.at_end, otherwise="S_done")
         with m.State("S_done"):
             m.d.sync += s.value.eq(s.beats)
             s.then(m, "Put", 2, "Respond")

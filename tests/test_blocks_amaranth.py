@@ -4,14 +4,14 @@ import random
 import zlib
 
 import pytest
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Module, Signal, signed
 from amaranth.sim import Simulator
 
 from golden.blocks import (ROUTES, bitmap_decode_reference, pe_array_reference,
                            subvector_decode_reference)
 from golden.contract import PERoute
 from hw.bitmap_decoder import BitmapDecoder
-from hw.bitpick import pick_lowest
+from hw.bitpick import compact, pick_lowest
 from hw.config import preset
 from hw.pe_array import PEArray, Route
 from hw.subvector_decoder import SubvectorDecoder
@@ -95,6 +95,40 @@ def test_pick_lowest_matches_a_scan(width, count, values):
     sim = Simulator(m)
     sim.add_testbench(check)
     sim.run()
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 5, 8, 16])
+def test_compact_packs_the_values_at_set_bits_lowest_first(width):
+    """Slot c: the value of the c-th lowest set bit; zeros past the last. Every bitmap of up
+    to 8 bits, and 16 bits (the delta encoder's word) at its edges and at random; the values
+    are signed (int9) and include the extremes, so a lost sign bit or a merged pair shows."""
+    rng = random.Random(SEED + width)
+    maps = range(1 << width) if width <= 8 else [0, 0xFFFF, 0x8000, 0x0001, 0x5555, 0xAAAA] + [
+        rng.getrandbits(16) for _ in range(200)]
+    m = Module()
+    bits = Signal(width)
+    values = [Signal(signed(9), name=f"v{b}") for b in range(width)]
+    slots = compact(m, bits, values, name="c")
+
+    async def check(ctx):
+        for v in maps:
+            vals = [rng.choice([-256, 255, -1, 0, 1, rng.randrange(-256, 256)])
+                    for _ in range(width)]
+            ctx.set(bits, v)
+            for sig, x in zip(values, vals):
+                ctx.set(sig, x)
+            sent = [vals[b] for b in range(width) if v >> b & 1]
+            want = sent + [0] * (width - len(sent))
+            got = [ctx.get(s) for s in slots]
+            assert got == want, (hex(v), vals, got, want)
+    sim = Simulator(m)
+    sim.add_testbench(check)
+    sim.run()
+
+
+def test_compact_wants_one_value_per_bit():
+    with pytest.raises(ValueError, match="one entry per bit"):
+        compact(Module(), Signal(4), [Signal(8)] * 3, name="c")
 
 
 @pytest.mark.parametrize("name", CONFIGS)
