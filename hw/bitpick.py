@@ -22,7 +22,7 @@ from amaranth.hdl import Cat, Const, Mux, Signal, Value
 
 from hw.arith import sum_tree
 
-__all__ = ["lowest_set_index", "pick_lowest", "compact"]
+__all__ = ["lowest_set_index", "pick_lowest", "compact", "at_most"]
 
 
 def _positive(name, value):
@@ -154,3 +154,33 @@ def compact(m, bits, values, *, name):
         m.d.comb += slot.eq(reduce(lambda a, b: a | b, terms))
         slots.append(slot)
     return slots
+
+
+def at_most(m, bits, count, *, name):
+    """1 when ``bits`` has at most ``count`` set bits.
+
+    A balanced tree of counts saturated at ``count + 1`` (a couple of bits per node, so each
+    level is a LUT, not an adder): :func:`pick_lowest`'s ``rest == 0`` on a 392-bit mask is a
+    392-bit carry chain and a 392-bit compare, which were the sub-vector decoder's slowest
+    path (20.0 ns by :mod:`boards.timing` on the ULX3S run-through).
+    """
+    bits = Value.cast(bits)
+    _positive("Width of bits", len(bits))
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise ValueError("count must be a non-negative integer, not {!r}".format(count))
+    top = count + 1
+    nodes = [bits[b] for b in range(len(bits))]
+    level = 0
+    while len(nodes) > 1:
+        level += 1
+        nxt = []
+        for lo in range(0, len(nodes), 2):
+            if lo + 1 == len(nodes):
+                nxt.append(nodes[lo])
+                continue
+            total = nodes[lo] + nodes[lo + 1]
+            node = Signal(range(top + 1), name="{}_{}_{}".format(name, level, lo // 2))
+            m.d.comb += node.eq(Mux(total > top, top, total))
+            nxt.append(node)
+        nodes = nxt
+    return nodes[0] <= count

@@ -87,9 +87,9 @@ LINEAR_FILL = 8
 #: waited for it in the pair slice (the pairs written, the slot full, S0). The encoder does not
 #: wait for the slot (the token infos' FIFO lets it run ahead).
 PAIR_WRITE = 1
-#: Output stage of the linear engine: O0 (reference read), O1 (y = y_ref + acc), O2
-#: (requantise) -> ``o``.
-LINEAR_OUT = 3
+#: Output stage of the linear engine: O0 (reference read), O1 (y = y_ref + acc), O1b
+#: (multiply), O2 (requantise) -> ``o``.
+LINEAR_OUT = 4
 #: The attention issuer's bubbles (cycles without a beat), from its FSM (hw.attention_engine):
 #: QK -> IDLE -> QK between two blocks' QK^T; -> IDLE -> AV -> S0 -> S1 -> S2 before an A V
 #: pass; none from A V to QK^T (the next group is taken while S1, S2 drain).
@@ -103,6 +103,9 @@ ATTENTION_START = 4
 LINEAR_TAIL = 4
 #: From the softmax unit's last probability to the issuer seeing the slot full (pfull).
 PFULL = 1
+#: The softmax unit's passes beyond one cycle a word (hw.softmax_unit, which takes them from
+#: here): exponent = read, operands, product, t, e; output = read, operands, product, output.
+SOFTMAX_EXP_PIPELINE, SOFTMAX_OUT_PIPELINE = 5, 4
 #: From a sequence's keys all being in to the predictor's first product beat: the loader takes
 #: the first key group's rows (``lanes`` of them, added below) and the unit group's pooled
 #: queries.
@@ -526,9 +529,9 @@ def attention_client(config, work, events, *, name="attention", seq_full=None,
         # The softmax unit: load (one score row a cycle as they come), exponent pass,
         # reciprocal, output pass into a probability slot (free once A V of block - 2 left).
         load_end = max(last_row, first_row + n - 1)
-        out_start = max(load_end + n + 3 + contract.SOFTMAX_RECIP_QUOTIENT_BITS,
-                        slot_free.get(qk - 2, 0))
-        sm_done[qk] = out_start + n + 3
+        out_start = max(load_end + n + SOFTMAX_EXP_PIPELINE
+                        + contract.SOFTMAX_RECIP_QUOTIENT_BITS, slot_free.get(qk - 2, 0))
+        sm_done[qk] = out_start + n + SOFTMAX_OUT_PIPELINE
         sm_free = sm_done[qk] + 1
         qk += 1
 

@@ -11,9 +11,9 @@ A block goes through four phases, one at a time:
 1. **Load** (``n`` cycles at full input rate): beats enter a score buffer of ``max_tokens``
    words while a per-lane running maximum over the kept entries is kept.
 2. **Exponent** (``n`` cycles plus the pipeline): the buffer is read back at one word a cycle;
-   per lane ``t = round_shift((max - s) * mult, shift)`` (registered product), ``e =
-   exp2_neg(t)`` (table on the fraction, shift by the integer part), the per-lane sum of ``e``
-   is accumulated and ``e`` is written back over the score.
+   per lane ``t = round_shift((max - s) * mult, shift)`` (operands, product and ``t`` each
+   registered), ``e = exp2_neg(t)`` (table on the fraction, shift by the integer part), the
+   per-lane sum of ``e`` is accumulated and ``e`` is written back over the score.
 3. **Reciprocal**: ``floor(2**SOFTMAX_RECIP_BITS / sum)`` for every lane at once by a restoring
    divider, one quotient bit a cycle.
 4. **Output** (``n`` cycles unless the consumer stalls): ``e`` is read back and leaves as
@@ -22,9 +22,10 @@ A block goes through four phases, one at a time:
    or repeats one.
 
 The next block is taken once the last output beat of the previous one has left. Without
-stalls a block of ``n`` beats occupies the unit for ``3 * n + RECIP_QUOTIENT_BITS + 6`` cycles,
-first input beat to last output beat (``n`` load, ``n + 3`` exponent, ``RECIP_QUOTIENT_BITS``
-division, ``n + 3`` output); the next block's first beat enters the cycle after. A block with
+stalls a block of ``n`` beats occupies the unit for :func:`occupancy` ``(n) = 3 * n +
+RECIP_QUOTIENT_BITS + EXP_PIPELINE + OUT_PIPELINE`` cycles, first input beat to last output
+beat (``n`` load, ``n + EXP_PIPELINE`` exponent, ``RECIP_QUOTIENT_BITS`` division, ``n +
+OUT_PIPELINE`` output); the next block's first beat enters the cycle after. A block with
 more than ``max_tokens`` beats sets the sticky ``error`` flag; its surplus beats are consumed
 and dropped up to the one with ``last``, which still closes the block (the output then covers
 the first ``max_tokens`` beats).
@@ -37,16 +38,31 @@ from amaranth.lib.wiring import In, Out
 
 from golden import contract
 from hw import arith
+from hw.cycles import SOFTMAX_EXP_PIPELINE, SOFTMAX_OUT_PIPELINE
 from hw.packing import pack_layout
 
 __all__ = ["softmax_input_layout", "softmax_output_layout", "SoftmaxUnit",
-           "EXP_BITS", "RECIP_QUOTIENT_BITS"]
+           "EXP_BITS", "RECIP_QUOTIENT_BITS", "EXP_PIPELINE", "OUT_PIPELINE", "occupancy"]
 
 #: Bits of an ``exp2_neg`` value (:data:`hw.arith.EXP_BITS`).
 EXP_BITS = arith.EXP_BITS
 #: Quotient bits of the reciprocal (the divider's iterations).
 RECIP_QUOTIENT_BITS = contract.SOFTMAX_RECIP_QUOTIENT_BITS
 assert RECIP_QUOTIENT_BITS <= contract.SOFTMAX_RECIP_BITS
+#: Cycles the exponent pass takes beyond one a word: read, operands, product, ``t``, ``e``
+#: (3 before the operands and ``t`` were registered: the block RAM's output through the
+#: subtract into the multiplier, and the product through the variable shift into the table,
+#: were 18.7 and 19.0 ns by :mod:`boards.timing` on the ULX3S run-through). The cycle model
+#: holds the figures (:mod:`hw.cycles`), this unit takes them from there.
+EXP_PIPELINE = SOFTMAX_EXP_PIPELINE
+#: Cycles the output pass takes beyond one a word: read, operands, product, output register.
+OUT_PIPELINE = SOFTMAX_OUT_PIPELINE
+
+
+def occupancy(n):
+    """Cycles a block of ``n`` beats holds the unit without stalls, first input beat to last
+    output beat."""
+    return 3 * n + RECIP_QUOTIENT_BITS + EXP_PIPELINE + OUT_PIPELINE
 
 
 def softmax_input_layout(config):
@@ -174,7 +190,8 @@ class SoftmaxUnit(wiring.Component):
                 m.d.sync += [phase.eq(_Phase.EXP), rd_addr.eq(0)]
                 m.d.sync += [t.eq(0) for t in total]
 
-        # --- Read pipeline shared by phases 2 and 4: issue -> s1 (word) -> s2 (product). ---
+        # --- Read pipeline shared by phases 2 and 4: issue -> s1 (word) -> s1b (operands)
+        # -> s2 (product). ---
         # It only moves when the output register can take a beat; o.valid is low outside
         # phase 4, so phase 2 runs at one word a cycle.
         adv = ~o.valid | o.ready
@@ -184,6 +201,10 @@ class SoftmaxUnit(wiring.Component):
 
         s1_valid, s1_last = Signal(), Signal()
         s1_addr = Signal(range(N))
+        ops = Signal(data.StructLayout({
+            "valid": 1, "last": 1, "addr": range(N), "kept": V,
+            "a": data.ArrayLayout(mul_a_bits, V), "b": data.ArrayLayout(mul_b_bits, V)}),
+            name="s1b")
         s2_valid, s2_last = Signal(), Signal()
         s2_addr = Signal(range(N))
         s2_kept = Signal(V)
@@ -196,25 +217,22 @@ class SoftmaxUnit(wiring.Component):
                          s1_last.eq(rd_addr == count - 1)]
             with m.If(issue):
                 m.d.sync += rd_addr.eq(rd_addr + 1)
-            m.d.sync += [s2_valid.eq(s1_valid), s2_last.eq(s1_last), s2_addr.eq(s1_addr),
-                         s2_kept.eq(word.kept)]
+            m.d.sync += [ops.valid.eq(s1_valid), ops.last.eq(s1_last), ops.addr.eq(s1_addr),
+                         ops.kept.eq(word.kept)]
             for l in range(V):
                 dist = (top[l] - word.value[l])[:A]        # >= 0 on kept entries
                 e = word.value[l].as_unsigned()[:EXP_BITS]
                 recip = Mux(have[l], quo[l], 0)            # no kept entry: no division
-                a = Mux(out_phase, e, dist)
-                b = Mux(out_phase, recip, mult)
-                m.d.sync += s2_prod[l].eq(a * b)
+                m.d.sync += [ops.a[l].eq(Mux(out_phase, e, dist)),
+                             ops.b[l].eq(Mux(out_phase, recip, mult))]
+            m.d.sync += [s2_valid.eq(ops.valid), s2_last.eq(ops.last), s2_addr.eq(ops.addr),
+                         s2_kept.eq(ops.kept)]
+            m.d.sync += [s2_prod[l].eq(ops.a[l] * ops.b[l]) for l in range(V)]
 
-        # --- Phase 2: exponent, write-back and sum (s3). ---------------------------------
-        s3_valid, s3_last = Signal(), Signal()
-        s3_addr = Signal(range(N))
-        s3_e = [Signal(EXP_BITS, name=f"e_{l}") for l in range(V)]
-        m.d.sync += [s3_valid.eq(s2_valid & ~out_phase), s3_last.eq(s2_last),
-                     s3_addr.eq(s2_addr)]
-        for l in range(V):
-            e = arith.exp2_neg(arith.round_shift(s2_prod[l], shift))
-            m.d.sync += s3_e[l].eq(Mux(s2_kept[l], e, 0))
+        # --- Phase 2: t (s2b), exponent (s3), write-back and sum. ------------------------
+        s3_valid, s3_last, s3_addr, s3_e = self._exponent(
+            m, valid=s2_valid & ~out_phase, last=s2_last, addr=s2_addr, kept=s2_kept,
+            prod=s2_prod, shift=shift)
         with m.If(s3_valid):
             for l in range(V):
                 m.d.sync += total[l].eq(total[l] + s3_e[l])
@@ -256,3 +274,23 @@ class SoftmaxUnit(wiring.Component):
                     m, softmax_output_layout(cfg), {"prob": probs, "last": s2_last},
                     name="o_next"))
         return m
+
+    def _exponent(self, m, *, valid, last, addr, kept, prod, shift):
+        """The exponent pass after the product: ``t = round_shift(prod, shift)`` registered
+        (s2b), then ``e = exp2_neg(t)`` (0 on entries not kept) registered (s3). Returns s3's
+        ``(valid, last, addr, e)``."""
+        V, N = self._config.lanes, self._config.max_tokens
+        t_shape = arith.round_shift(prod[0], shift).shape()
+        s2b = Signal(data.StructLayout({
+            "valid": 1, "last": 1, "addr": range(N), "kept": V,
+            "t": data.ArrayLayout(t_shape, V)}), name="s2b")
+        m.d.sync += [s2b.valid.eq(valid), s2b.last.eq(last), s2b.addr.eq(addr),
+                     s2b.kept.eq(kept)]
+        m.d.sync += [s2b.t[l].eq(arith.round_shift(prod[l], shift)) for l in range(V)]
+        s3_valid, s3_last = Signal(), Signal()
+        s3_addr = Signal(range(N))
+        s3_e = [Signal(EXP_BITS, name=f"e_{l}") for l in range(V)]
+        m.d.sync += [s3_valid.eq(s2b.valid), s3_last.eq(s2b.last), s3_addr.eq(s2b.addr)]
+        for l in range(V):
+            m.d.sync += s3_e[l].eq(Mux(s2b.kept[l], arith.exp2_neg(s2b.t[l]), 0))
+        return s3_valid, s3_last, s3_addr, s3_e

@@ -105,6 +105,10 @@ class SubvectorDecoder(wiring.Component):
         (block,), _, rest = bitpick.pick_lowest(m, cur_mask, 1, name="block")
         rem = Signal(nb)
         m.d.comb += rem.eq(rest)            # lowest set bit cleared
+        # rem == 0, kept in a register: at most one bit left. Taken from rem, the column's
+        # end (and so the input's ready and the mask's load) waited on a carry chain and a
+        # compare as wide as the mask: 20.0 ns by boards.timing for 392 columns.
+        cur_single = Signal()
 
         out_free = ~o.valid | o.ready
         emit = Signal()
@@ -114,7 +118,7 @@ class SubvectorDecoder(wiring.Component):
                 # A surplus column: nothing to emit unless it closes the head.
                 m.d.comb += [done.eq(1), emit.eq(cur_last)]
             with m.Else():
-                m.d.comb += [emit.eq(1), done.eq(rem == 0)]
+                m.d.comb += [emit.eq(1), done.eq(cur_single)]
 
         with m.If(o.valid & o.ready):
             m.d.sync += o.valid.eq(0)
@@ -123,7 +127,8 @@ class SubvectorDecoder(wiring.Component):
             m.d.sync += [o.valid.eq(1), o.payload[beat_field].eq(cur_col),
                          o.payload[bit_field].eq(Mux(empty, 0, block)), o.payload.empty.eq(empty),
                          o.payload.col_last.eq(done), o.payload.last.eq(done & cur_last),
-                         cur_mask.eq(rem), cur_fresh.eq(0)]
+                         cur_mask.eq(rem), cur_fresh.eq(0),
+                         cur_single.eq(bitpick.at_most(m, cur_mask, 2, name="two"))]
 
         if self._clearable:
             with m.If(self.clear_error):
@@ -135,6 +140,8 @@ class SubvectorDecoder(wiring.Component):
             with m.If(self.i.valid):
                 overflow = next_col == lines
                 m.d.sync += [cur_mask.eq(self.i.payload.mask), cur_last.eq(self.i.payload.last),
+                             cur_single.eq(bitpick.at_most(m, self.i.payload.mask, 1,
+                                                           name="one")),
                              cur_fresh.eq(1), cur_drop.eq(overflow),
                              cur_col.eq(Mux(overflow, lines - 1, next_col)),
                              next_col.eq(Mux(self.i.payload.last, 0,

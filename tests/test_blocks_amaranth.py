@@ -11,7 +11,7 @@ from golden.blocks import (ROUTES, bitmap_decode_reference, pe_array_reference,
                            subvector_decode_reference)
 from golden.contract import PERoute
 from hw.bitmap_decoder import BitmapDecoder
-from hw.bitpick import compact, pick_lowest
+from hw.bitpick import at_most, compact, pick_lowest
 from hw.config import preset
 from hw.pe_array import PEArray, Route
 from hw.subvector_decoder import SubvectorDecoder
@@ -121,6 +121,33 @@ def test_compact_packs_the_values_at_set_bits_lowest_first(width):
             want = sent + [0] * (width - len(sent))
             got = [ctx.get(s) for s in slots]
             assert got == want, (hex(v), vals, got, want)
+    sim = Simulator(m)
+    sim.add_testbench(check)
+    sim.run()
+
+
+@pytest.mark.parametrize("width,values", [
+    *((w, range(1 << w)) for w in (1, 2, 3, 5, 8)),
+    (392, None),                            # the vidt sub-vector decoder's block-order mask
+])
+def test_at_most_counts_set_bits(width, values):
+    """1 exactly when at most ``count`` bits are set (count 0 .. 3), at every bitmap of up to
+    8 bits and at the edges of a 392-bit mask (one bit at either end, two far apart)."""
+    if values is None:
+        rng = random.Random(SEED + width)
+        edges = [0, 1, 1 << 391, 1 | 1 << 391, 1 << 200 | 1 << 201, (1 << 392) - 1]
+        values = edges + [sum(1 << rng.randrange(width) for _ in range(rng.randrange(1, 5)))
+                          for _ in range(40)]
+    m = Module()
+    bits = Signal(width)
+    flags = Signal(4)
+    m.d.comb += flags.eq(sum(at_most(m, bits, c, name=f"c{c}") << c for c in range(4)))
+
+    async def check(ctx):
+        for v in values:
+            ctx.set(bits, v)
+            want = sum((bin(v).count("1") <= c) << c for c in range(4))
+            assert ctx.get(flags) == want, (hex(v), ctx.get(flags), want)
     sim = Simulator(m)
     sim.add_testbench(check)
     sim.run()

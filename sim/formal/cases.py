@@ -20,6 +20,7 @@ from amaranth.hdl import Mux
 
 from hw.config import RTSAConfig
 from hw.softmax_unit import RECIP_QUOTIENT_BITS
+from hw.softmax_unit import occupancy as softmax_occupancy
 from sim.formal import mutants as M
 from sim.formal import properties as P
 
@@ -96,8 +97,8 @@ def _checks():
     add = out.append
 
     # --- Softmax unit. ----------------------------------------------------------------
-    # A block of n <= N beats occupies the unit 3 n + K + 6 cycles (module docstring).
-    sm_bound = 3 * N + K + 6
+    # A block of n <= N beats occupies the unit occupancy(n) cycles (module docstring).
+    sm_bound = softmax_occupancy(N)
     add(Check("softmax", "stream rules (o)", _case(_softmax, [P.stream_rules("o")]),
               "prove", 4, M.withdraw("o"), quick=True, mutant_depth=40))
     add(Check("softmax", "conservation: beats in = beats out",
