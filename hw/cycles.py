@@ -78,10 +78,11 @@ PIPE = 3
 #: a long one closes 10 cycles after it on the ``vidt`` array (8 rows: drain 8).
 CLOSE_GAP = 1
 #: Cycles from a token's last word at the delta encoder to its first beat at the array: encoder
-#: (3 to the bitmap word, 4 to the first values), value slice, decoder, pair slice, pair-buffer
+#: (4 to the bitmap word, 5 to the first values), value slice, decoder, pair slice, pair-buffer
 #: write, feeder S0 .. S2, less what overlaps. Calibrated with PAIR_WRITE: tokens of one
 #: bitmap word and one output chunk follow each other as the RTL's do (tests/test_cycles.py:
-#: 93 against 92 cycles dense, 55 against 54 delta; the benchmark's layers within 0.94 %).
+#: 94 against 94 cycles dense, 56 against 56 delta, with the encoder's stage 1c and the
+#: output stage's O1b; the benchmark's layers within 0.94 %).
 LINEAR_FILL = 8
 #: Cycles from the pair buffer's slot freeing to the feeder starting the token whose pairs
 #: waited for it in the pair slice (the pairs written, the slot full, S0). The encoder does not

@@ -30,14 +30,15 @@ Throughput: one input word per cycle while the words have at most ``k`` sent val
 ``n > k`` sent values, plus one cycle at the end of a token whose last word leaves more than
 ``k`` values to send (carry included: its last two value beats cannot leave in one cycle).
 A full value beat leaves only once it is known not to be the token's last: more values follow
-in its word or in the next word (one word of look-ahead into stage 1b), or the token ends; if
+in its word or in the next word (one word of look-ahead into stage 1c), or the token ends; if
 the input starves mid-token the beat waits in the carry. Pipeline: input and reference read;
-delta, threshold and reference write-back; the word's bitmap and values registered (``o_map``
-FIFO, ``o_tok``); value packer (``o_val``). ``o_tok`` and ``o_val`` are valid/ready
-registers; ``o_map`` leaves a FIFO deep enough for a whole token, so that values still
-waiting for later words of their token never deadlock a consumer that wants a word's
-values before it takes more words (the bitmap decoder holds two words). Latency is 3 cycles
-from an input beat to its ``o_map`` word and 4 to its first value beat.
+delta, threshold and reference write-back; the word's bitmap and values registered (stage 1b,
+a register slice); its sent values compacted and counted (stage 1c, a register slice;
+``o_map`` FIFO, ``o_tok``); value packer (``o_val``). ``o_tok`` and ``o_val`` are
+valid/ready registers; ``o_map`` leaves a FIFO deep enough for a whole token, so that values
+still waiting for later words of their token never deadlock a consumer that wants a word's
+values before it takes more words (the bitmap decoder holds two words). Latency is 4 cycles
+from an input beat to its ``o_map`` word and 5 to its first value beat.
 
 ``clear_refs`` (a pulse) clears every ``has_ref`` bit in the cycle it is high, before any
 beat taken in that cycle: no input gating. A token whose first beat is taken in or after that
@@ -286,7 +287,21 @@ class DeltaEncoder(wiring.Component):
                      s1b.i.payload.first.eq(first), s1b.i.payload.last.eq(last),
                      s1b.i.payload.dense.eq(dense), s1b.i.payload.position.eq(position),
                      s1b.i.payload.send.eq(send), s1b.i.payload.vals.eq(vals)]
-        sb = s1b.o.payload
+        # --- Stage 1c: the word's sent values compacted (lowest first) and counted, in a
+        # second slice. Computed between stage 1b's registers and stage 2's load, the
+        # compaction sat behind the packer's decision to load (ABC merged the two): 22.4 ns
+        # by boards.timing on the ULX3S run-through, the design's slowest path.
+        m.submodules.s1c = s1c = RegisterSlice(data.StructLayout({
+            "first": 1, "last": 1, "dense": 1, "position": unsigned(cfg.position_bits),
+            "send": e, "cnt": range(e + 1), "vals": data.ArrayLayout(op, e)}))
+        b = s1b.o.payload
+        packed = bitpick.compact(m, b.send, [b.vals[j] for j in range(e)], name="sent")
+        m.d.comb += [s1c.i.valid.eq(s1b.o.valid), s1b.o.ready.eq(s1c.i.ready),
+                     s1c.i.payload.first.eq(b.first), s1c.i.payload.last.eq(b.last),
+                     s1c.i.payload.dense.eq(b.dense), s1c.i.payload.position.eq(b.position),
+                     s1c.i.payload.send.eq(b.send), s1c.i.payload.cnt.eq(arith.popcount(b.send))]
+        m.d.comb += [s1c.i.payload.vals[j].eq(v) for j, v in enumerate(packed)]
+        sb = s1c.o.payload
         sb_adv = Signal()
 
         s2_valid, s2_final, s2_done = Signal(), Signal(), Signal()
@@ -305,34 +320,32 @@ class DeltaEncoder(wiring.Component):
                      map_fifo.w_data.eq(map_word), map_fifo.w_en.eq(sb_adv)]
         map_free = map_fifo.w_rdy
         tok_free = ~o_tok.valid | o_tok.ready
-        m.d.comb += [sb_adv.eq(s1b.o.valid & (~s2_valid | s2_done) & map_free
+        m.d.comb += [sb_adv.eq(s1c.o.valid & (~s2_valid | s2_done) & map_free
                                & (~sb.first | tok_free)),
-                     s1b.o.ready.eq(sb_adv)]
+                     s1c.o.ready.eq(sb_adv)]
         with m.If(o_tok.valid & o_tok.ready):
             m.d.sync += o_tok.valid.eq(0)
         with m.If(s2_done):
             m.d.sync += s2_valid.eq(0)
         with m.If(sb_adv):
-            m.d.sync += [s2_valid.eq(1), s2_cnt.eq(arith.popcount(sb.send)),
-                         s2_final.eq(sb.last)]
-            m.d.sync += [s2_vals[j].eq(v) for j, v in enumerate(
-                bitpick.compact(m, sb.send, [sb.vals[j] for j in range(e)], name="sent"))]
+            m.d.sync += [s2_valid.eq(1), s2_cnt.eq(sb.cnt), s2_final.eq(sb.last),
+                         s2_vals.eq(sb.vals)]
             with m.If(sb.first):
                 m.d.sync += [o_tok.valid.eq(1), o_tok.payload.position.eq(sb.position),
                              o_tok.payload.dense.eq(sb.dense)]
 
         # --- Stage 2: pack up to k values per cycle behind a carry of up to k. ------------
-        # The slice's output holds the next word of the same token whenever this word is not
+        # Stage 1c's output holds the next word of the same token whenever this word is not
         # the last and stage 1 kept up.
         self._pack(m, valid=s2_valid, final=s2_final, done=s2_done, cnt=s2_cnt, vals=s2_vals,
-                   ahead=s1b.o.valid & (sb.send != 0))
+                   ahead=s1c.o.valid & (sb.cnt != 0))
 
     def _pack(self, m, *, valid, final, done, cnt, vals, ahead):
         """Stage 2, the value packer: up to ``k`` values a cycle into ``o_val`` beats.
 
         A full beat can leave only once it is known whether it is the token's last: when
         more values follow in this word or (one word of look-ahead, ``ahead``) in the word
-        waiting in stage 1b, or when the token ends. Otherwise it waits in the carry.
+        waiting in stage 1c, or when the token ends. Otherwise it waits in the carry.
         ``valid``, ``final`` (the token's last word), ``cnt`` (its sent values not packed yet)
         and ``vals`` (they, compacted: the next ``k`` are ``vals[0 .. k - 1]``, zeros after
         ``cnt``) are the stage's registers; ``done`` is driven here (the word is finished this

@@ -429,8 +429,9 @@ def test_throughput(case):
     end = max(res["map_at"][-1], res["val_at"][-1] if res["val_at"] else 0)
     per_token = (end - res["taken"][0]) / n_tok
     print("throughput {}: {:.2f} cycles per token".format(case, per_token))
-    # Steady state plus the pipeline latency (3 cycles) spread over the tokens.
-    assert per_token <= cycles + 3 / n_tok, (case, per_token, seed)
+    # Steady state plus the pipeline latency (4 cycles to o_map: hw.delta_encoder) spread
+    # over the tokens.
+    assert per_token <= cycles + 4 / n_tok, (case, per_token, seed)
 
 
 def framing_model(cfg, script, words, tau):
