@@ -184,9 +184,9 @@ def _checks():
                   "prove", 6, M.withdraw(path, comb=path == "o_map"),
                   quick=path == "o_tok"))
     add(Check("delta_encoder", "conservation: tokens in = tokens out (o_map last)",
-              # Tokens inside: one in stage 1, one in stage 1b, and up to W + 1 one-word tokens
-              # in the map FIFO.
-              _case(_delta, [P.conservation(P.fires_last("i"), P.fires_last("o_map"), W + 3,
+              # Tokens inside: one in stage 1, two in each of the register slices of stages
+              # 1b and 1c, and up to W + 1 one-word tokens in the map FIFO.
+              _case(_delta, [P.conservation(P.fires_last("i"), P.fires_last("o_map"), W + 6,
                                             _no_error)], de_pins),
               "bmc", 12, M.take_always("i"), note="while no error"))
     add(Check("delta_encoder", "error sticky until clear_error",
