@@ -44,8 +44,8 @@ After the bitstream, ``<out>/report.json`` summarises the build:
 ``timing_estimate``
     ECP5: every endpoint's logic depth from the netlist (:mod:`boards.timing`): how many miss
     the target (the clock without one), and the components with the most late endpoints
-    (nextpnr names one path; this says where the rest are). ``--synth-only`` stops after Yosys with this alone
-    (``estimate.json``).
+    (nextpnr names one path; this says where the rest are). ``--synth-only`` stops after
+    Yosys with this alone (``estimate.json``).
 ``vectors`` (self-test) or ``link`` and ``block_rams_estimated`` (linked designs)
     The self-test vectors in ROM; the link's baud rate, UART divisor and stream counts, and
     the block RAMs :func:`fit` estimated.

@@ -132,8 +132,9 @@ def compact(m, bits, values, *, name):
 
     Returns
     -------
-    list of Signal
-        ``n`` slots, of the shape of ``values[0]``.
+    (list of Signal, Value)
+        ``n`` slots, of the shape of ``values[0]``, and the number of set bits (the last
+        bit's count of lower set bits plus the bit: no second tree).
     """
     bits = Value.cast(bits)
     n = len(bits)
@@ -153,7 +154,7 @@ def compact(m, bits, values, *, name):
                  for b in range(c, n)]
         m.d.comb += slot.eq(reduce(lambda a, b: a | b, terms))
         slots.append(slot)
-    return slots
+    return slots, below[-1] + bits[-1]
 
 
 def at_most(m, bits, count, *, name):

@@ -57,8 +57,8 @@ from amaranth.lib.wiring import In, Out, connect
 from hw.arith import bits_for
 from hw.engine import Engine, EngineRegisters, RegisterSignature, Setting
 from hw.pe_arbiter import PEArbiter
-from hw.register_slice import RegisterSlice
 from hw.pe_array import PEArray, PEClientSignature
+from hw.register_slice import RegisterSlice
 
 __all__ = ["CreditSignature", "SequenceGate", "Tee", "ResultReserve", "Pipeline", "PassThrough"]
 

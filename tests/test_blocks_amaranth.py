@@ -99,16 +99,19 @@ def test_pick_lowest_matches_a_scan(width, count, values):
 
 @pytest.mark.parametrize("width", [1, 2, 3, 5, 8, 16])
 def test_compact_packs_the_values_at_set_bits_lowest_first(width):
-    """Slot c: the value of the c-th lowest set bit; zeros past the last. Every bitmap of up
-    to 8 bits, and 16 bits (the delta encoder's word) at its edges and at random; the values
-    are signed (int9) and include the extremes, so a lost sign bit or a merged pair shows."""
+    """Slot c: the value of the c-th lowest set bit; zeros past the last; and the count of set
+    bits. Every bitmap of up to 8 bits, and 16 bits (the delta encoder's word) at its edges
+    and at random; the values are signed (int9) and include the extremes, so a lost sign bit
+    or a merged pair shows."""
     rng = random.Random(SEED + width)
     maps = range(1 << width) if width <= 8 else [0, 0xFFFF, 0x8000, 0x0001, 0x5555, 0xAAAA] + [
         rng.getrandbits(16) for _ in range(200)]
     m = Module()
     bits = Signal(width)
     values = [Signal(signed(9), name=f"v{b}") for b in range(width)]
-    slots = compact(m, bits, values, name="c")
+    slots, total = compact(m, bits, values, name="c")
+    count = Signal(range(width + 1))
+    m.d.comb += count.eq(total)
 
     async def check(ctx):
         for v in maps:
@@ -121,6 +124,7 @@ def test_compact_packs_the_values_at_set_bits_lowest_first(width):
             want = sent + [0] * (width - len(sent))
             got = [ctx.get(s) for s in slots]
             assert got == want, (hex(v), vals, got, want)
+            assert ctx.get(count) == len(sent), (hex(v), ctx.get(count), len(sent))
     sim = Simulator(m)
     sim.add_testbench(check)
     sim.run()
