@@ -474,12 +474,13 @@ class CommandExecutor(wiring.Component):
             # times out, so a beat is never both taken and STALLED.
             expired = s.wait == self._timeout
             m.d.comb += s.offer.eq(~expired)
-            m.d.sync += s.wait.eq(s.wait + 1)
             with m.If(expired):
                 m.d.sync += [s.status.eq(Status.STALLED), s.wait.eq(0)]
                 m.next = "S_done"
-            with m.Elif(s.taken):
-                m.next = "S_took"
+            with m.Else():
+                m.d.sync += s.wait.eq(s.wait + 1)
+                with m.If(s.taken):
+                    m.next = "S_took"
         with m.State("S_took"):
             m.d.sync += [s.beats.eq(s.beats + 1), s.wait.eq(0)]
             s.then(m, "Fetch", s.in_size, "S_offer", when=~s.at_end, otherwise="S_done")
